@@ -1,1 +1,424 @@
-fn main() {}
+//! `gateway`: move one file over every link two Linux boxes share, at once.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use gateway_node::send::{SendOptions, SendProgress, SendReport};
+use gateway_node::serve::{ServeEvent, ServeOptions};
+use gateway_node::{NodeConfig, NodeError, NodeState};
+use tokio::sync::watch;
+
+mod demo;
+mod progress;
+
+/// Exit code: transfer paused (links gone, disk full); state is saved, rerun to resume.
+pub const EXIT_PAUSED: u8 = 75;
+/// Exit code: stopped by the user (Ctrl-C, SIGTERM); state is saved, rerun to resume.
+pub const EXIT_STOPPED: u8 = 130;
+
+#[derive(Parser, Debug)]
+#[command(name = "gateway", version, about = "Move one file over every link two Linux boxes share — TCP, USB, Bluetooth — at once.", long_about = None)]
+struct Cli {
+    /// State directory (DB, node identity). Default: $XDG_STATE_HOME/gateway.
+    #[arg(long, global = true, env = "GATEWAY_STATE", value_name = "DIR")]
+    state: Option<PathBuf>,
+    /// More logs (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Only errors; no progress bars.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Receive files into DIR on every --listen selector.
+    Serve {
+        /// Where received files land.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Where to listen, e.g. tcp:0.0.0.0:7878 (repeat for several links).
+        #[arg(long, value_name = "SEL", default_value = "tcp:0.0.0.0:7878")]
+        listen: Vec<String>,
+    },
+    /// Send PATH over every --to link at once (several --to = several links to one peer).
+    Send {
+        /// The file to send.
+        path: PathBuf,
+        /// A link to the receiver, e.g. tcp:192.168.1.7:7878 (repeat for more links).
+        #[arg(long, value_name = "SEL", required = true)]
+        to: Vec<String>,
+        /// Print one JSON object with the result as the last stdout line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every transport this build knows, whether it is usable here, and why not.
+    Links {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Unfinished transfers with their progress.
+    Transfers {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Two nodes in one process, two real loopback TCP links, one generated file.
+    Demo {
+        /// Size of the generated file (e.g. 256MiB, 1GiB).
+        #[arg(long, default_value = "256MiB")]
+        size: String,
+        /// Number of TCP links.
+        #[arg(long, default_value_t = 2)]
+        links: usize,
+        /// Per-link rate caps, comma separated (e.g. 100MB,50MB); "none" for full speed.
+        #[arg(long, default_value = "120MB,60MB")]
+        rates: String,
+        /// Keep the demo directory instead of deleting it.
+        #[arg(long)]
+        keep: bool,
+        /// Print the send result as JSON on the last stdout line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose, cli.quiet);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            let code = match e.downcast_ref::<NodeError>() {
+                Some(NodeError::Paused(_)) => EXIT_PAUSED,
+                Some(NodeError::Stopped) => EXIT_STOPPED,
+                _ => 1,
+            };
+            eprintln!("error: {e:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8, quiet: bool) {
+    let default = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn state_dir(cli_state: &Option<PathBuf>) -> PathBuf {
+    cli_state
+        .clone()
+        .unwrap_or_else(gateway_node::state::default_state_dir)
+}
+
+/// A watch that turns true on Ctrl-C or SIGTERM (USER_STOP).
+fn stop_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    let quiet = cli.quiet;
+    match cli.cmd {
+        Cmd::Serve { dir, listen } => serve(&state_dir(&cli.state), dir, listen, quiet).await,
+        Cmd::Send { path, to, json } => {
+            let state = open_state(&state_dir(&cli.state))?;
+            let reg = Arc::new(gateway_node::registry::default_registry());
+            let report = send_with_progress(state, reg, path, to, quiet || json, None).await?;
+            print_report(&report, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Links { json } => links(json).await,
+        Cmd::Transfers { json } => transfers(&state_dir(&cli.state), json),
+        Cmd::Demo {
+            size,
+            links,
+            rates,
+            keep,
+            json,
+        } => demo::run(demo::DemoOptions {
+            size: parse_size(&size)?,
+            links,
+            rates,
+            keep,
+            json,
+            quiet,
+        })
+        .await,
+    }
+}
+
+fn open_state(dir: &std::path::Path) -> Result<NodeState> {
+    NodeState::open(dir).with_context(|| format!("cannot open the state directory {}", dir.display()))
+}
+
+async fn serve(state_dir: &std::path::Path, dir: PathBuf, listen: Vec<String>, quiet: bool) -> Result<ExitCode> {
+    let state = open_state(state_dir)?;
+    let reg = Arc::new(gateway_node::registry::default_registry());
+    let mut handle = gateway_node::serve::start(
+        state,
+        NodeConfig::default(),
+        reg,
+        ServeOptions {
+            dir: dir.clone(),
+            listen,
+        },
+    )
+    .await?;
+    if !quiet {
+        for s in &handle.local_selectors {
+            eprintln!("gateway: receiving into {} on {s}", dir.display());
+        }
+    }
+    let mut stop = stop_signal();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            ev = handle.events.recv() => match ev {
+                Some(ServeEvent::Received { path, bytes }) if !quiet => {
+                    eprintln!("gateway: received {} ({})", path.display(), human(bytes));
+                }
+                Some(ServeEvent::Started { name, size, .. }) if !quiet => {
+                    eprintln!("gateway: receiving {name} ({})", human(size));
+                }
+                Some(ServeEvent::Refused { peer, why }) if !quiet => {
+                    eprintln!("gateway: dropped a link from {peer}: {why}");
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+    }
+    if !quiet {
+        eprintln!("gateway: stopping; saving state");
+    }
+    handle.shutdown().await?;
+    Ok(ExitCode::from(EXIT_STOPPED))
+}
+
+/// Runs a send with progress bars; `stop` overrides Ctrl-C handling (demo).
+pub(crate) async fn send_with_progress(
+    state: NodeState,
+    reg: Arc<gateway_link::Registry>,
+    path: PathBuf,
+    to: Vec<String>,
+    quiet: bool,
+    stop: Option<watch::Receiver<bool>>,
+) -> Result<SendReport> {
+    let (ptx, prx) = watch::channel(SendProgress::default());
+    let stop = stop.unwrap_or_else(stop_signal);
+    let bars = if quiet {
+        None
+    } else {
+        Some(tokio::spawn(progress::render(prx)))
+    };
+    let res = gateway_node::send::send(
+        state,
+        NodeConfig::default(),
+        reg,
+        SendOptions { path, to },
+        ptx,
+        stop,
+    )
+    .await;
+    if let Some(b) = bars {
+        let _ = b.await;
+    }
+    Ok(res?)
+}
+
+fn print_report(r: &SendReport, json: bool) {
+    if json {
+        println!("{}", serde_json::to_string(r).unwrap_or_default());
+        return;
+    }
+    println!(
+        "verdict: {} — {} in {:.2} s ({:.1} MB/s), {} resumed, hash {}",
+        r.verdict,
+        human(r.bytes_total),
+        r.elapsed_s,
+        (r.bytes_total - r.bytes_resumed) as f64 / r.elapsed_s.max(1e-9) / 1e6,
+        human(r.bytes_resumed),
+        &r.hash[..16.min(r.hash.len())]
+    );
+    for l in &r.links {
+        println!(
+            "  {:<32} {:>10}  {:>7.1} MB/s  share {:>5.1}%{}",
+            l.selector,
+            human(l.bytes),
+            l.mbps,
+            l.share * 100.0,
+            if l.resent > 0 {
+                format!("  ({} re-sent)", human(l.resent))
+            } else {
+                String::new()
+            }
+        );
+    }
+}
+
+async fn links(json: bool) -> Result<ExitCode> {
+    let reg = gateway_node::registry::default_registry();
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    for d in reg.drivers() {
+        let adapters = d.probe().await;
+        if adapters.is_empty() {
+            rows.push(serde_json::json!({"scheme": d.scheme(), "adapter": "-", "usable": false,
+                "detail": format!("{} — no adapter found", d.describe())}));
+        }
+        for a in adapters {
+            rows.push(serde_json::json!({"scheme": a.scheme, "adapter": a.name, "usable": a.usable, "detail": a.detail}));
+        }
+    }
+    for (scheme, why) in gateway_node::registry::NOT_BUILT {
+        rows.push(serde_json::json!({"scheme": scheme, "adapter": "-", "usable": false, "detail": why}));
+    }
+    if json {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<8} {:<24} {:<7} DETAIL", "SCHEME", "ADAPTER", "USABLE");
+    for r in rows {
+        println!(
+            "{:<8} {:<24} {:<7} {}",
+            r["scheme"].as_str().unwrap_or(""),
+            r["adapter"].as_str().unwrap_or(""),
+            if r["usable"].as_bool().unwrap_or(false) { "yes" } else { "no" },
+            r["detail"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn transfers(state_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
+    let state = open_state(state_dir)?;
+    let list = state.store().list_transfers()?;
+    let rows: Vec<serde_json::Value> = list
+        .iter()
+        .map(|t| {
+            let geo = gateway_engine::Geometry::new(t.size, t.chunk_size);
+            let durable = geo.bytes_of(&t.durable);
+            serde_json::json!({
+                "id": hex::encode(t.id),
+                "direction": t.direction.to_string(),
+                "name": t.name,
+                "path": t.path,
+                "peer": t.peer,
+                "size": t.size,
+                "durable_bytes": durable,
+                "percent": if t.size == 0 { 100.0 } else { durable as f64 * 100.0 / t.size as f64 },
+                "state": t.state.to_string(),
+                "updated_at_ms": t.updated_at_ms,
+            })
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::Value::Array(rows));
+        return Ok(ExitCode::SUCCESS);
+    }
+    if rows.is_empty() {
+        println!("no unfinished transfers in {}", state_dir.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<10} {:<5} {:>6} {:>10} {:<8} NAME", "ID", "DIR", "DONE", "SIZE", "STATE");
+    for r in rows {
+        println!(
+            "{:<10} {:<5} {:>5.1}% {:>10} {:<8} {}",
+            &r["id"].as_str().unwrap_or("")[..8],
+            r["direction"].as_str().unwrap_or(""),
+            r["percent"].as_f64().unwrap_or(0.0),
+            human(r["size"].as_u64().unwrap_or(0)),
+            r["state"].as_str().unwrap_or(""),
+            r["name"].as_str().unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// "256MiB", "1GiB", "10MB", "4096" → bytes.
+pub(crate) fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .with_context(|| format!("{s:?} is not a size; write e.g. 256MiB, 1GiB or 10MB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => bail!("unknown size unit {other:?} in {s:?}; use B, KB, KiB, MB, MiB, GB or GiB"),
+    };
+    n.checked_mul(mult)
+        .with_context(|| format!("{s:?} is too large"))
+}
+
+/// Bytes for people.
+pub(crate) fn human(n: u64) -> String {
+    let f = n as f64;
+    if f >= (1u64 << 30) as f64 {
+        format!("{:.2} GiB", f / (1u64 << 30) as f64)
+    } else if f >= (1u64 << 20) as f64 {
+        format!("{:.1} MiB", f / (1u64 << 20) as f64)
+    } else if f >= 1024.0 {
+        format!("{:.1} KiB", f / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_sizes_with_units() {
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert_eq!(parse_size("256MiB").unwrap(), 256 << 20);
+        assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert!(parse_size("12 parsecs").is_err());
+    }
+}

@@ -1,0 +1,53 @@
+//! Every tunable number of a transfer, with its unit in its name.
+
+use std::time::Duration;
+
+/// Tunables shared by the sender and receiver engines.
+///
+/// Defaults keep a checkpoint at most ~16 MiB or ~1 s apart, so a crash loses
+/// at most that much work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Size of one chunk (the unit of scheduling, acking and resume).
+    pub chunk_size_bytes: u32,
+    /// Most bytes a single link may have sent but not yet acked.
+    pub link_window_bytes: u64,
+    /// An in-flight chunk not acked within this time is given to another link.
+    pub chunk_timeout: Duration,
+    /// How often a failed link is tried again (IHS ERROR).
+    pub retry_interval: Duration,
+    /// The receiver makes data durable after this many new bytes...
+    pub checkpoint_bytes: u64,
+    /// ...or after this much time with unsynced data, whichever comes first.
+    pub checkpoint_interval: Duration,
+    /// Most copies of one chunk in flight at once (tail duplication).
+    pub max_copies_per_chunk: usize,
+    /// An idle link duplicates only chunks in flight at least this long, so
+    /// fast links do not waste bytes racing each other at the tail.
+    pub tail_duplicate_after: Duration,
+    /// Rounds of "re-send the bad chunks" after a failed whole-file hash.
+    pub max_verify_rounds: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            chunk_size_bytes: 1 << 20,
+            link_window_bytes: 8 << 20,
+            chunk_timeout: Duration::from_secs(20),
+            retry_interval: Duration::from_secs(2),
+            checkpoint_bytes: 16 << 20,
+            checkpoint_interval: Duration::from_secs(1),
+            max_copies_per_chunk: 2,
+            tail_duplicate_after: Duration::from_millis(200),
+            max_verify_rounds: 3,
+        }
+    }
+}
+
+impl Config {
+    /// Number of chunks a file of `size` bytes is cut into with `chunk_size`.
+    pub fn chunk_count(size: u64, chunk_size: u32) -> u64 {
+        size.div_ceil(u64::from(chunk_size.max(1)))
+    }
+}

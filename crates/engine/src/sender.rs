@@ -1,0 +1,600 @@
+//! The sending side of one transfer: which chunk goes on which link, when.
+//!
+//! The scheduler is pull-based: a link asks for work ([`Sender::poll_chunk`])
+//! whenever its window has room, so a fast link simply asks more often and
+//! takes a larger share. When nothing new is left, an idle link takes a copy
+//! of the oldest chunk still in flight on another link (tail duplication), so
+//! a slow or stalled link cannot hold the end of the file hostage; the first
+//! copy to be acknowledged wins.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::Instant;
+
+use gateway_proto::{Accept, Complete, Hash, Offer, Range, RangeSet, Reject, Reload, TransferId, Verdict};
+
+use crate::geometry::{ChunkRef, Geometry};
+use crate::ihs::Signal;
+use crate::{Config, EngineError, LinkId};
+
+/// What the sender knows about the file it sends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileMeta {
+    /// Transfer id (random, chosen by the sender, kept across resumes).
+    pub transfer_id: TransferId,
+    /// File name as the receiver will store it (one path component).
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, ns since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Unix permission bits.
+    pub mode: u32,
+    /// Chunk size in bytes.
+    pub chunk_size: u32,
+}
+
+/// Where the transfer stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Offer or Reload sent, waiting for Accept.
+    Negotiating,
+    /// Chunks are moving.
+    Sending,
+    /// Every chunk acked and Complete sent; waiting for the Verdict.
+    Verifying,
+    /// Verdict ok: the receiver holds the whole file under its final name.
+    Done,
+    /// Stopped by the user; state is saved and a rerun resumes.
+    Stopped,
+    /// The receiver refused or the verdict could not be repaired.
+    Failed(String),
+}
+
+/// Something the glue must act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A signal for the interrupt handler (IHS).
+    Signal(Signal),
+    /// The receiver reported a new durable set: record it (sender-side DB).
+    SaveDurable(RangeSet),
+    /// `link` failed earlier and its retry time has come: try to reopen it.
+    RetryLink(LinkId),
+}
+
+#[derive(Clone, Debug, Default)]
+struct LinkState {
+    up: bool,
+    inflight_bytes: u64,
+    /// chunk index -> time the copy on this link was sent.
+    inflight: BTreeMap<u64, Instant>,
+    retry_at: Option<Instant>,
+    stats: LinkStats,
+}
+
+/// Per-link counters, for progress bars and `--json`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LinkStats {
+    /// Payload bytes handed to this link (including duplicates and re-sends).
+    pub bytes_sent: u64,
+    /// Payload bytes whose first acknowledgement came over this link.
+    pub bytes_acked: u64,
+    /// Payload bytes sent again (timeouts, link deaths, bad chunks, duplicates).
+    pub bytes_resent: u64,
+    /// Times this link went down.
+    pub failures: u32,
+}
+
+/// Progress of the whole transfer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// File size.
+    pub total_bytes: u64,
+    /// Bytes the receiver has acknowledged (written, maybe not yet durable).
+    pub acked_bytes: u64,
+    /// Bytes the receiver reported durable (fdatasync'd and committed).
+    pub durable_bytes: u64,
+    /// Bytes that were already durable when this run started (resume).
+    pub resumed_bytes: u64,
+}
+
+/// The sender state machine of one transfer. No I/O: the glue reads chunks,
+/// moves frames and feeds back acks, link events and the current time.
+#[derive(Debug)]
+pub struct Sender {
+    meta: FileMeta,
+    geo: Geometry,
+    cfg: Config,
+    phase: Phase,
+    acked: RangeSet,
+    durable: RangeSet,
+    resumed: RangeSet,
+    /// Not acked and not in flight anywhere.
+    pending: RangeSet,
+    /// chunk -> links carrying a copy now.
+    copies: HashMap<u64, Vec<LinkId>>,
+    /// Chunks ever sent in this run (to count re-sends).
+    ever_sent: RangeSet,
+    links: BTreeMap<LinkId, LinkState>,
+    events: VecDeque<Event>,
+    file_hash: Option<Hash>,
+    complete_due: bool,
+    verify_rounds: u32,
+}
+
+impl Sender {
+    /// A sender for `meta`, configured by `cfg` (its chunk size is `meta.chunk_size`).
+    pub fn new(meta: FileMeta, cfg: Config) -> Self {
+        let geo = Geometry::new(meta.size, meta.chunk_size);
+        Self {
+            meta,
+            geo,
+            cfg,
+            phase: Phase::Negotiating,
+            acked: RangeSet::new(),
+            durable: RangeSet::new(),
+            resumed: RangeSet::new(),
+            pending: RangeSet::new(),
+            copies: HashMap::new(),
+            ever_sent: RangeSet::new(),
+            links: BTreeMap::new(),
+            events: VecDeque::new(),
+            file_hash: None,
+            complete_due: false,
+            verify_rounds: 0,
+        }
+    }
+
+    /// The file's metadata.
+    pub fn meta(&self) -> &FileMeta {
+        &self.meta
+    }
+
+    /// The chunk layout.
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    /// Where the transfer stands.
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    /// The opening frame for a new transfer.
+    pub fn offer(&self) -> Offer {
+        Offer {
+            transfer_id: self.meta.transfer_id,
+            name: self.meta.name.clone(),
+            size: self.meta.size,
+            mtime_ns: self.meta.mtime_ns,
+            mode: self.meta.mode,
+            chunk_size: self.meta.chunk_size,
+            file_hash: self.file_hash,
+        }
+    }
+
+    /// The opening frame for a transfer found in the local DB (RELOAD).
+    pub fn reload(&self, durable: &RangeSet) -> Reload {
+        Reload {
+            transfer_id: self.meta.transfer_id,
+            name: self.meta.name.clone(),
+            size: self.meta.size,
+            chunk_size: self.meta.chunk_size,
+            durable: durable.ranges().to_vec(),
+        }
+    }
+
+    /// The receiver accepted; `have` is what it already holds durably (its DB wins).
+    pub fn handle_accept(&mut self, accept: &Accept) -> Result<(), EngineError> {
+        self.check_id(&accept.transfer_id)?;
+        if self.phase != Phase::Negotiating {
+            return Err(EngineError::Unexpected("Accept after negotiation"));
+        }
+        let have = RangeSet::from_ranges(&accept.have, self.geo.chunks())?;
+        self.acked = have.clone();
+        self.durable = have.clone();
+        self.resumed = have;
+        self.pending = RangeSet::full(self.geo.chunks()).difference(&self.acked);
+        self.phase = Phase::Sending;
+        self.maybe_complete();
+        Ok(())
+    }
+
+    /// A link (re)joined the running transfer and the receiver answered its
+    /// Reload with what it holds now. Chunks we counted as acked that it no
+    /// longer holds (it restarted and lost unsynced data) are queued again;
+    /// chunks it holds whose Ack we lost count as acked.
+    pub fn handle_rejoin(&mut self, accept: &Accept) -> Result<(), EngineError> {
+        self.check_id(&accept.transfer_id)?;
+        let have = RangeSet::from_ranges(&accept.have, self.geo.chunks())?;
+        let lost = self.acked.difference(&have);
+        for idx in lost.iter() {
+            self.acked.remove(idx);
+            self.durable.remove(idx);
+            if !self.copies.contains_key(&idx) {
+                self.pending.insert(idx);
+            }
+        }
+        for idx in have.iter() {
+            if self.acked.insert(idx) {
+                self.pending.remove(idx);
+            }
+        }
+        if !lost.is_empty() && self.phase == Phase::Verifying {
+            self.phase = Phase::Sending;
+            self.complete_due = false;
+        }
+        self.maybe_complete();
+        Ok(())
+    }
+
+    /// The receiver refused the transfer.
+    pub fn handle_reject(&mut self, reject: &Reject) {
+        self.phase = Phase::Failed(format!("receiver refused: {}", reject.message));
+    }
+
+    /// The BLAKE3 of the whole file, computed by the glue (it may arrive late).
+    pub fn set_file_hash(&mut self, hash: Hash) {
+        self.file_hash = Some(hash);
+        self.maybe_complete();
+    }
+
+    /// A link is up and may carry chunks.
+    pub fn link_up(&mut self, link: LinkId) {
+        let st = self.links.entry(link).or_default();
+        st.up = true;
+        st.retry_at = None;
+    }
+
+    /// A link died: its in-flight chunks go back to the queue at once and the
+    /// IHS is told (ERROR); the link is retried every `retry_interval`.
+    pub fn link_down(&mut self, link: LinkId, reason: &str, now: Instant) {
+        let Some(st) = self.links.get_mut(&link) else {
+            return;
+        };
+        if !st.up {
+            return;
+        }
+        st.up = false;
+        st.stats.failures += 1;
+        st.retry_at = Some(now + self.cfg.retry_interval);
+        let lost: Vec<u64> = std::mem::take(&mut st.inflight).into_keys().collect();
+        st.inflight_bytes = 0;
+        let mut requeued = Vec::new();
+        for idx in lost {
+            if self.drop_copy(idx, link) {
+                requeued.push(idx);
+            }
+        }
+        self.events.push_back(Event::Signal(Signal::Error {
+            link,
+            reason: reason.to_string(),
+            requeued,
+        }));
+    }
+
+    /// The glue could not reopen `link`; try again after `retry_interval`.
+    pub fn link_retry_failed(&mut self, link: LinkId, now: Instant) {
+        if let Some(st) = self.links.get_mut(&link) {
+            if !st.up {
+                st.retry_at = Some(now + self.cfg.retry_interval);
+            }
+        }
+    }
+
+    /// Forget a link for good (e.g. the user gave up on it).
+    pub fn remove_link(&mut self, link: LinkId, now: Instant) {
+        self.link_down(link, "removed", now);
+        self.links.remove(&link);
+    }
+
+    /// Whether `link` is up now.
+    pub fn link_is_up(&self, link: LinkId) -> bool {
+        self.links.get(&link).is_some_and(|l| l.up)
+    }
+
+    /// Links that are up now.
+    pub fn links_up(&self) -> usize {
+        self.links.values().filter(|l| l.up).count()
+    }
+
+    /// Pull: `link` has room and asks for its next chunk. `None` when its
+    /// window is full or nothing is left to send on it.
+    pub fn poll_chunk(&mut self, link: LinkId, now: Instant) -> Option<ChunkRef> {
+        if self.phase != Phase::Sending {
+            return None;
+        }
+        let window = self.cfg.link_window_bytes;
+        let st = self.links.get(&link)?;
+        if !st.up {
+            return None;
+        }
+        // Always allow one chunk in flight, even when a chunk exceeds the window.
+        let room = |len: u32| st.inflight.is_empty() || st.inflight_bytes + u64::from(len) <= window;
+        let next = if let Some(first) = self.pending.ranges().first() {
+            let chunk = self.geo.chunk(first.start)?;
+            if !room(chunk.len) {
+                return None;
+            }
+            self.pending.remove(chunk.index);
+            chunk
+        } else {
+            let idx = self.tail_candidate(link, now)?;
+            let chunk = self.geo.chunk(idx)?;
+            if !room(chunk.len) {
+                return None;
+            }
+            chunk
+        };
+        self.record_send(link, next, now);
+        Some(next)
+    }
+
+    /// The oldest chunk in flight elsewhere that this link does not carry and
+    /// that has fewer than `max_copies_per_chunk` copies.
+    fn tail_candidate(&self, link: LinkId, now: Instant) -> Option<u64> {
+        let mut best: Option<(Instant, u64)> = None;
+        for (other_id, other) in &self.links {
+            if *other_id == link {
+                continue;
+            }
+            for (&idx, &sent_at) in &other.inflight {
+                if now.saturating_duration_since(sent_at) < self.cfg.tail_duplicate_after {
+                    continue;
+                }
+                let copies = self.copies.get(&idx).map_or(0, Vec::len);
+                if copies >= self.cfg.max_copies_per_chunk
+                    || self.copies.get(&idx).is_some_and(|c| c.contains(&link))
+                {
+                    continue;
+                }
+                if best.is_none_or(|(t, i)| (sent_at, idx) < (t, i)) {
+                    best = Some((sent_at, idx));
+                }
+            }
+        }
+        best.map(|(_, idx)| idx)
+    }
+
+    fn record_send(&mut self, link: LinkId, chunk: ChunkRef, now: Instant) {
+        let resent = !self.ever_sent.insert(chunk.index);
+        let st = self.links.get_mut(&link).expect("link exists");
+        st.inflight.insert(chunk.index, now);
+        st.inflight_bytes += u64::from(chunk.len);
+        st.stats.bytes_sent += u64::from(chunk.len);
+        if resent {
+            st.stats.bytes_resent += u64::from(chunk.len);
+        }
+        self.copies.entry(chunk.index).or_default().push(link);
+    }
+
+    /// Removes the copy of `idx` on `link` from the bookkeeping; puts the chunk
+    /// back in the queue if it was the last copy and is not acked. Returns
+    /// whether it was requeued.
+    fn drop_copy(&mut self, idx: u64, link: LinkId) -> bool {
+        let Some(list) = self.copies.get_mut(&idx) else {
+            return false;
+        };
+        list.retain(|l| *l != link);
+        if list.is_empty() {
+            self.copies.remove(&idx);
+            if !self.acked.contains(idx) {
+                self.pending.insert(idx);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The writer could not put a chunk on its link (the link is going down):
+    /// the chunk goes back to the queue. Call before [`Sender::link_down`].
+    pub fn unsent(&mut self, link: LinkId, idx: u64) {
+        if let Some(st) = self.links.get_mut(&link) {
+            if st.inflight.remove(&idx).is_some() {
+                if let Some(c) = self.geo.chunk(idx) {
+                    st.inflight_bytes = st.inflight_bytes.saturating_sub(u64::from(c.len));
+                }
+            }
+        }
+        self.drop_copy(idx, link);
+    }
+
+    /// The receiver acknowledged chunks (written at their offsets) over `link`.
+    pub fn handle_ack(&mut self, link: LinkId, ranges: &[Range]) -> Result<(), EngineError> {
+        let set = RangeSet::from_ranges(ranges, self.geo.chunks())?;
+        for idx in set.iter() {
+            let first = self.acked.insert(idx);
+            let len = self.geo.chunk(idx).map_or(0, |c| u64::from(c.len));
+            if first {
+                if let Some(st) = self.links.get_mut(&link) {
+                    st.stats.bytes_acked += len;
+                }
+                self.pending.remove(idx);
+            }
+            // First copy wins: every copy stops counting against its link's window.
+            if let Some(carriers) = self.copies.remove(&idx) {
+                for l in carriers {
+                    if let Some(st) = self.links.get_mut(&l) {
+                        if st.inflight.remove(&idx).is_some() {
+                            st.inflight_bytes = st.inflight_bytes.saturating_sub(len);
+                        }
+                    }
+                }
+            }
+        }
+        self.maybe_complete();
+        Ok(())
+    }
+
+    /// The receiver made these chunks durable (its fdatasync and DB commit are done).
+    pub fn handle_checkpoint(&mut self, durable: &[Range]) -> Result<(), EngineError> {
+        let set = RangeSet::from_ranges(durable, self.geo.chunks())?;
+        if set != self.durable {
+            self.durable = set.clone();
+            // A durable chunk is acked even if its Ack was lost with a link.
+            for idx in set.iter() {
+                if self.acked.insert(idx) {
+                    self.pending.remove(idx);
+                }
+            }
+            self.events.push_back(Event::SaveDurable(set));
+            self.maybe_complete();
+        }
+        Ok(())
+    }
+
+    fn maybe_complete(&mut self) {
+        if self.phase == Phase::Sending
+            && self.file_hash.is_some()
+            && self.acked.count() == self.geo.chunks()
+        {
+            self.phase = Phase::Verifying;
+            self.complete_due = true;
+        }
+    }
+
+    /// The Complete frame, once, when every chunk is acked and the hash is known.
+    pub fn poll_complete(&mut self) -> Option<Complete> {
+        if !self.complete_due {
+            return None;
+        }
+        self.complete_due = false;
+        Some(Complete {
+            transfer_id: self.meta.transfer_id,
+            file_hash: self.file_hash?,
+        })
+    }
+
+    /// The receiver's verdict on the whole-file hash. Bad chunks are sent
+    /// again (only those), up to `max_verify_rounds` times.
+    pub fn handle_verdict(&mut self, verdict: &Verdict) -> Result<(), EngineError> {
+        self.check_id(&verdict.transfer_id)?;
+        if self.phase != Phase::Verifying {
+            return Err(EngineError::Unexpected("Verdict before Complete"));
+        }
+        if verdict.ok {
+            self.phase = Phase::Done;
+            self.events
+                .push_back(Event::Signal(Signal::Complete { ok: true }));
+            return Ok(());
+        }
+        let bad = RangeSet::from_ranges(&verdict.bad_chunks, self.geo.chunks())?;
+        self.verify_rounds += 1;
+        if bad.is_empty() || self.verify_rounds > self.cfg.max_verify_rounds {
+            self.phase = Phase::Failed(format!(
+                "the receiver's copy does not match after {} round(s): {}",
+                self.verify_rounds, verdict.message
+            ));
+            self.events
+                .push_back(Event::Signal(Signal::Complete { ok: false }));
+            return Ok(());
+        }
+        for idx in bad.iter() {
+            self.acked.remove(idx);
+            self.durable.remove(idx);
+            self.pending.insert(idx);
+        }
+        self.phase = Phase::Sending;
+        Ok(())
+    }
+
+    /// USER_STOP: stop handing out chunks; the glue checkpoints and exits.
+    pub fn user_stop(&mut self) {
+        if matches!(self.phase, Phase::Done | Phase::Failed(_)) {
+            return;
+        }
+        self.phase = Phase::Stopped;
+        self.events.push_back(Event::Signal(Signal::UserStop));
+    }
+
+    /// Timers: chunks stuck in flight past `chunk_timeout` are given back to
+    /// the queue (the stalled link's window frees up too); failed links whose
+    /// retry time has come are reported.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let timeout = self.cfg.chunk_timeout;
+        let mut expired = Vec::new();
+        for (&id, st) in &self.links {
+            for (&idx, &at) in &st.inflight {
+                if now.saturating_duration_since(at) >= timeout {
+                    expired.push((id, idx));
+                }
+            }
+        }
+        for (link, idx) in expired {
+            self.unsent(link, idx);
+        }
+        for (&id, st) in &mut self.links {
+            if let Some(at) = st.retry_at {
+                if at <= now && !st.up {
+                    st.retry_at = None;
+                    self.events.push_back(Event::RetryLink(id));
+                }
+            }
+        }
+    }
+
+    /// The next time [`Sender::handle_timeout`] has something to do.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let mut next: Option<Instant> = None;
+        let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
+        for st in self.links.values() {
+            if let Some(&oldest) = st.inflight.values().min() {
+                consider(oldest + self.cfg.chunk_timeout);
+                if self.pending.is_empty() && self.phase == Phase::Sending {
+                    // When a tail chunk becomes old enough to duplicate.
+                    consider(oldest + self.cfg.tail_duplicate_after);
+                }
+            }
+            if let Some(at) = st.retry_at {
+                consider(at);
+            }
+        }
+        next
+    }
+
+    /// The next thing the glue must act on.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// Whole-transfer progress.
+    pub fn progress(&self) -> Progress {
+        Progress {
+            total_bytes: self.geo.size,
+            acked_bytes: self.geo.bytes_of(&self.acked),
+            durable_bytes: self.geo.bytes_of(&self.durable),
+            resumed_bytes: self.geo.bytes_of(&self.resumed),
+        }
+    }
+
+    /// The durable set as last reported by the receiver.
+    pub fn durable(&self) -> &RangeSet {
+        &self.durable
+    }
+
+    /// Counters of one link.
+    pub fn link_stats(&self, link: LinkId) -> LinkStats {
+        self.links.get(&link).map(|l| l.stats).unwrap_or_default()
+    }
+
+    /// Whether `link` has room for another chunk now (the glue uses it to
+    /// decide when to wake a writer).
+    pub fn has_work_for(&self, link: LinkId, now: Instant) -> bool {
+        if self.phase != Phase::Sending {
+            return false;
+        }
+        let Some(st) = self.links.get(&link) else {
+            return false;
+        };
+        st.up
+            && (st.inflight.is_empty()
+                || st.inflight_bytes + u64::from(self.geo.chunk_size) <= self.cfg.link_window_bytes)
+            && (!self.pending.is_empty() || self.tail_candidate(link, now).is_some())
+    }
+
+    fn check_id(&self, id: &TransferId) -> Result<(), EngineError> {
+        if *id != self.meta.transfer_id {
+            return Err(EngineError::UnknownTransfer);
+        }
+        Ok(())
+    }
+}

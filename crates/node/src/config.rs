@@ -1,0 +1,40 @@
+//! The node's tunables: the engine's numbers plus the glue's timeouts.
+
+use std::time::Duration;
+
+/// Every number the node uses, with units in the names. One struct, so a
+/// config file and flags can override any of them in one place.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Chunking, windows, checkpoints, retries.
+    pub engine: gateway_engine::Config,
+    /// Caps applied to every decoded frame.
+    pub limits: gateway_proto::Limits,
+    /// How long a peer has to send its Hello after a link opens.
+    pub hello_timeout: Duration,
+    /// How long the receiver has to answer an Offer/Reload.
+    pub accept_timeout: Duration,
+    /// With no link up for this long, the sender saves and exits (paused).
+    pub pause_after: Duration,
+    /// How long the sender waits for the Verdict (the receiver hashes the whole file).
+    pub verdict_timeout: Duration,
+    /// How often the sender and receiver run their engine timers.
+    pub tick: Duration,
+    /// Keep this many bytes free on the receiver's disk beyond the file.
+    pub reserve_free_bytes: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            engine: gateway_engine::Config::default(),
+            limits: gateway_proto::Limits::default(),
+            hello_timeout: Duration::from_secs(10),
+            accept_timeout: Duration::from_secs(30),
+            pause_after: Duration::from_secs(60),
+            verdict_timeout: Duration::from_secs(600),
+            tick: Duration::from_millis(100),
+            reserve_free_bytes: 16 << 20,
+        }
+    }
+}

@@ -1,0 +1,423 @@
+//! The receiver's `file_stream`: one per transfer, fed by every link that
+//! carries its Data. The engine state sits behind a mutex; the payload is
+//! written with positional writes (`pwrite`) at the chunk's offset into
+//! `NAME.<id>.gateway-part`, so writers on different links never wait for
+//! each other's I/O. Checkpoints keep the crash-safety order: fdatasync the
+//! file, then commit the durable set to SQLite, then send Checkpoint.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+use bytes::Bytes;
+use gateway_engine::{DataAction, EngineError, Receiver, RecvMeta, SyncJob};
+use gateway_proto::{Ack, Checkpoint, Complete, Data, Hash, Offer, RangeSet, TransferId, Verdict};
+use gateway_store::{Direction, TransferRecord, TransferState};
+use tokio::sync::mpsc;
+
+use crate::state::{NodeState, now_ms};
+use crate::{NodeConfig, NodeError};
+
+/// Why a Data frame was not taken.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DataError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("writing {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+pub(crate) struct FileStream {
+    pub(crate) id: TransferId,
+    pub(crate) name: String,
+    dir: PathBuf,
+    part_path: PathBuf,
+    mtime_ns: i64,
+    mode: u32,
+    file: Arc<File>,
+    engine: Mutex<Receiver>,
+    /// One checkpoint (or the final verification) at a time.
+    sync_gate: tokio::sync::Mutex<()>,
+    state: NodeState,
+    /// Outboxes of the links feeding this transfer; Checkpoints go to the newest.
+    /// Weak, so a link whose task ended closes even while the transfer lives on.
+    outboxes: Mutex<Vec<mpsc::WeakSender<Bytes>>>,
+    pub(crate) bytes_written: AtomicU64,
+}
+
+/// `NAME.<first 8 hex of id>.gateway-part`, so two transfers of one name never share a file.
+pub(crate) fn part_path(dir: &Path, name: &str, id: &TransferId) -> PathBuf {
+    dir.join(format!("{name}.{}.gateway-part", hex::encode(&id[..4])))
+}
+
+impl FileStream {
+    /// A new transfer from an Offer: record it, create the part file.
+    pub(crate) fn create(
+        state: &NodeState,
+        cfg: &NodeConfig,
+        dir: &Path,
+        offer: &Offer,
+        peer: &str,
+    ) -> Result<Arc<Self>, NodeError> {
+        let part = part_path(dir, &offer.name, &offer.transfer_id);
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&part)
+            .map_err(|e| NodeError::io(format!("cannot create {}", part.display()), e))?;
+        file.set_len(offer.size)
+            .map_err(|e| NodeError::io(format!("cannot size {}", part.display()), e))?;
+        let now = now_ms();
+        let rec = TransferRecord {
+            id: offer.transfer_id,
+            direction: Direction::Recv,
+            peer: peer.to_string(),
+            path: dir.join(&offer.name).to_string_lossy().into_owned(),
+            name: offer.name.clone(),
+            size: offer.size,
+            mtime_ns: offer.mtime_ns,
+            mode: offer.mode,
+            chunk_size: offer.chunk_size,
+            file_hash: offer.file_hash,
+            state: TransferState::Active,
+            durable: RangeSet::new(),
+            created_at_ms: now,
+            updated_at_ms: now,
+        };
+        state.store().insert_transfer(&rec)?;
+        Ok(Self::from_parts(state, cfg, rec, file, RangeSet::new()))
+    }
+
+    /// A transfer found in the DB (RELOAD after a restart). If the part file
+    /// is gone, nothing is held any more and the durable set starts empty.
+    pub(crate) fn reopen(
+        state: &NodeState,
+        cfg: &NodeConfig,
+        rec: TransferRecord,
+    ) -> Result<Arc<Self>, NodeError> {
+        let dir = Path::new(&rec.path)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let part = part_path(&dir, &rec.name, &rec.id);
+        let existed = part.exists();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&part)
+            .map_err(|e| NodeError::io(format!("cannot open {}", part.display()), e))?;
+        let mut durable = rec.durable.clone();
+        if !existed {
+            tracing::warn!(part = %part.display(), "part file vanished; starting this transfer over");
+            durable = RangeSet::new();
+            state
+                .store()
+                .forget_chunks(&rec.id, Direction::Recv, &rec.durable)?;
+        }
+        file.set_len(rec.size)
+            .map_err(|e| NodeError::io(format!("cannot size {}", part.display()), e))?;
+        Ok(Self::from_parts(state, cfg, rec, file, durable))
+    }
+
+    fn from_parts(
+        state: &NodeState,
+        cfg: &NodeConfig,
+        rec: TransferRecord,
+        file: File,
+        durable: RangeSet,
+    ) -> Arc<Self> {
+        let dir = Path::new(&rec.path)
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let mut engine_cfg = cfg.engine.clone();
+        engine_cfg.chunk_size_bytes = rec.chunk_size;
+        let engine = Receiver::new(
+            RecvMeta {
+                transfer_id: rec.id,
+                size: rec.size,
+                chunk_size: rec.chunk_size,
+            },
+            durable,
+            engine_cfg,
+            Instant::now(),
+        );
+        Arc::new(Self {
+            id: rec.id,
+            name: rec.name.clone(),
+            part_path: part_path(&dir, &rec.name, &rec.id),
+            dir,
+            mtime_ns: rec.mtime_ns,
+            mode: rec.mode,
+            file: Arc::new(file),
+            engine: Mutex::new(engine),
+            sync_gate: tokio::sync::Mutex::new(()),
+            state: state.clone(),
+            outboxes: Mutex::new(Vec::new()),
+            bytes_written: AtomicU64::new(0),
+        })
+    }
+
+    fn engine(&self) -> MutexGuard<'_, Receiver> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The Accept for an Offer/Reload/join: every chunk this process holds.
+    pub(crate) fn accept(&self) -> gateway_proto::Accept {
+        let e = self.engine();
+        gateway_proto::Accept {
+            transfer_id: self.id,
+            have: e.held().ranges().to_vec(),
+        }
+    }
+
+    /// Checkpoints for this transfer go to this link (the newest one first).
+    pub(crate) fn attach(&self, outbox: &mpsc::Sender<Bytes>) {
+        let mut o = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
+        o.retain(|b| b.strong_count() > 0);
+        if !o
+            .iter()
+            .any(|b| b.upgrade().is_some_and(|s| s.same_channel(outbox)))
+        {
+            o.push(outbox.downgrade());
+        }
+    }
+
+    /// Verifies one Data frame and writes it at its offset. Blocking (pwrite);
+    /// returns the Ack.
+    pub(crate) fn write(&self, data: &Data) -> Result<Ack, DataError> {
+        let computed: Hash = *blake3::hash(&data.data).as_bytes();
+        let action = self.engine().handle_data(
+            data.offset,
+            data.data.len(),
+            data.chunk_hash.as_ref(),
+            &computed,
+        )?;
+        match action {
+            DataAction::AckOnly(c) => Ok(self.engine().ack(c)),
+            DataAction::Write(c) => {
+                self.file
+                    .write_all_at(&data.data, c.offset)
+                    .map_err(|source| DataError::Io {
+                        path: self.part_path.display().to_string(),
+                        source,
+                    })?;
+                self.bytes_written
+                    .fetch_add(u64::from(c.len), Ordering::Relaxed);
+                Ok(self.engine().on_written(c, computed))
+            }
+        }
+    }
+
+    /// Whether a checkpoint is due now.
+    pub(crate) fn checkpoint_due(&self) -> bool {
+        self.engine().checkpoint_due(Instant::now())
+    }
+
+    /// Runs a checkpoint if one is due (or `force`): fdatasync, then DB
+    /// commit, then the Checkpoint frame to the newest attached link.
+    pub(crate) async fn checkpoint(self: &Arc<Self>, force: bool) -> Result<(), NodeError> {
+        let _gate = self.sync_gate.lock().await;
+        let job = {
+            let mut e = self.engine();
+            if force {
+                e.take_checkpoint(Instant::now())
+            } else {
+                e.poll_checkpoint(Instant::now())
+            }
+        };
+        let Some(job) = job else { return Ok(()) };
+        let ck = self.make_durable(job).await?;
+        self.send_to_newest(gateway_proto::Body::Checkpoint(ck)).await;
+        Ok(())
+    }
+
+    async fn make_durable(self: &Arc<Self>, job: SyncJob) -> Result<Checkpoint, NodeError> {
+        let this = self.clone();
+        let job2 = job.clone();
+        let res = tokio::task::spawn_blocking(move || -> Result<(), NodeError> {
+            // Order matters: data on disk first, then the DB may say so.
+            this.file
+                .sync_data()
+                .map_err(|e| NodeError::io(format!("fdatasync {}", this.part_path.display()), e))?;
+            this.state
+                .store()
+                .commit_durable(&this.id, Direction::Recv, &job2.chunks, &job2.hashes)?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| NodeError::Other(format!("checkpoint task failed: {e}")))?;
+        match res {
+            Ok(()) => Ok(self.engine().on_durable(&job)),
+            Err(e) => {
+                self.engine().on_sync_failed(&job);
+                Err(e)
+            }
+        }
+    }
+
+    async fn send_to_newest(&self, body: gateway_proto::Body) {
+        let frame = crate::wire::encode(body);
+        let boxes: Vec<_> = self
+            .outboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .rev()
+            .filter_map(mpsc::WeakSender::upgrade)
+            .collect();
+        for b in boxes {
+            if b.send(frame.clone()).await.is_ok() {
+                return;
+            }
+        }
+    }
+
+    /// COMPLETE: make everything durable, hash the file on disk, compare with
+    /// the sender's hash and with each chunk's hash as verified on arrival.
+    /// On a match the part file is renamed into place and the records deleted.
+    /// Returns the verdict and, when ok, the final path.
+    pub(crate) async fn finish(
+        self: &Arc<Self>,
+        complete: &Complete,
+    ) -> Result<(Verdict, Option<PathBuf>), NodeError> {
+        let _gate = self.sync_gate.lock().await;
+        let fin = self
+            .engine()
+            .handle_complete(complete, Instant::now())
+            .map_err(|e| NodeError::Peer(e.to_string()))?;
+        if !fin.sync.chunks.is_empty() {
+            self.make_durable(fin.sync.clone()).await?;
+        } else {
+            self.engine().on_durable(&fin.sync);
+        }
+        let this = self.clone();
+        let (whole, bad) = tokio::task::spawn_blocking(move || this.hash_on_disk())
+            .await
+            .map_err(|e| NodeError::Other(format!("hash task failed: {e}")))??;
+        let verdict = self.engine().verdict(&whole, &bad);
+        if !verdict.ok {
+            let bad = RangeSet::from_ranges(&verdict.bad_chunks, u64::MAX)
+                .map_err(|e| NodeError::Other(e.to_string()))?;
+            self.state
+                .store()
+                .forget_chunks(&self.id, Direction::Recv, &bad)?;
+            return Ok((verdict, None));
+        }
+        let this = self.clone();
+        let final_path = tokio::task::spawn_blocking(move || this.finalize())
+            .await
+            .map_err(|e| NodeError::Other(format!("rename task failed: {e}")))??;
+        Ok((verdict, Some(final_path)))
+    }
+
+    fn hash_on_disk(&self) -> Result<(Hash, RangeSet), NodeError> {
+        let recorded: std::collections::HashMap<u64, Hash> = self
+            .state
+            .store()
+            .chunk_hashes(&self.id)?
+            .into_iter()
+            .collect();
+        let geo = self.engine().geometry();
+        let mut whole = blake3::Hasher::new();
+        let mut bad = RangeSet::new();
+        let mut buf = vec![0u8; geo.chunk_size as usize];
+        for idx in 0..geo.chunks() {
+            let c = geo.chunk(idx).expect("index in range");
+            let b = &mut buf[..c.len as usize];
+            self.file
+                .read_exact_at(b, c.offset)
+                .map_err(|e| NodeError::io(format!("reading {}", self.part_path.display()), e))?;
+            whole.update(b);
+            let h = *blake3::hash(b).as_bytes();
+            if recorded.get(&idx).is_some_and(|r| *r != h) {
+                bad.insert(idx);
+            }
+        }
+        Ok((*whole.finalize().as_bytes(), bad))
+    }
+
+    /// Mode and mtime, then an atomic rename to a free name, then the
+    /// directory fsync, then the DB records go.
+    fn finalize(&self) -> Result<PathBuf, NodeError> {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = self.mode & 0o777;
+        if mode != 0 {
+            let _ = self
+                .file
+                .set_permissions(std::fs::Permissions::from_mode(mode | 0o600));
+        }
+        if self.mtime_ns > 0 {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(self.mtime_ns as u64);
+            let _ = self.file.set_modified(t);
+        }
+        self.file
+            .sync_all()
+            .map_err(|e| NodeError::io(format!("fsync {}", self.part_path.display()), e))?;
+        let target = rename_no_clobber(&self.part_path, &self.dir, &self.name)?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        self.state.store().delete_transfer(&self.id, Direction::Recv)?;
+        Ok(target)
+    }
+
+    /// Progress in bytes (durable) for logs.
+    pub(crate) fn durable_bytes(&self) -> u64 {
+        self.engine().durable_bytes()
+    }
+}
+
+/// Renames `from` to `dir/name`, or `dir/name (1).ext`, `(2)`… if taken —
+/// never replacing an existing file (RENAME_NOREPLACE, atomic).
+pub(crate) fn rename_no_clobber(from: &Path, dir: &Path, name: &str) -> Result<PathBuf, NodeError> {
+    let (stem, ext) = match name.rfind('.') {
+        Some(i) if i > 0 => (&name[..i], &name[i..]),
+        _ => (name, ""),
+    };
+    for n in 0..10_000u32 {
+        let candidate = if n == 0 {
+            dir.join(name)
+        } else {
+            dir.join(format!("{stem} ({n}){ext}"))
+        };
+        match nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            from,
+            nix::fcntl::AT_FDCWD,
+            &candidate,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => return Ok(candidate),
+            Err(nix::errno::Errno::EEXIST) => continue,
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOSYS) => {
+                // File systems without RENAME_NOREPLACE: link is atomic and fails on EEXIST.
+                match std::fs::hard_link(from, &candidate) {
+                    Ok(()) => {
+                        let _ = std::fs::remove_file(from);
+                        return Ok(candidate);
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(NodeError::io(format!("rename to {}", candidate.display()), e)),
+                }
+            }
+            Err(e) => {
+                return Err(NodeError::io(
+                    format!("rename to {}", candidate.display()),
+                    std::io::Error::from(e),
+                ));
+            }
+        }
+    }
+    Err(NodeError::Other(format!("no free name for {name} in {}", dir.display())))
+}

@@ -1,0 +1,948 @@
+//! The sending node: one writer task per link feeding the shared scheduler,
+//! one reader task per link taking acks, and the control task that plays
+//! the interrupt handler (IHS): ERROR → save, retry the link every
+//! `retry_interval`, continue; COMPLETE → delete the records; USER_STOP →
+//! save and stop.
+
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use gateway_engine::{Event, FileMeta, LinkId, Phase, Sender};
+use gateway_engine::ihs::{self, Action, Signal};
+use gateway_link::{FrameRx, FrameTx, Registry};
+use gateway_proto::{Body, ErrorCode, Frame, Hash, RangeSet, TransferId};
+use gateway_store::{Direction, LinkStat, TransferRecord, TransferState};
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::state::{NodeState, now_ms};
+use crate::wire::{self, WireError};
+use crate::{NodeConfig, NodeError};
+
+/// What `gateway send` needs.
+#[derive(Clone, Debug)]
+pub struct SendOptions {
+    /// The file to send.
+    pub path: PathBuf,
+    /// One selector per link to the same receiver; all are used at once.
+    pub to: Vec<String>,
+}
+
+/// One link's share, in the final report.
+#[derive(Clone, Debug, Serialize)]
+pub struct LinkReport {
+    /// The selector as given.
+    pub selector: String,
+    /// DATA payload bytes put on this link in this run.
+    pub bytes: u64,
+    /// MB/s (10^6 bytes) over the transfer's elapsed time.
+    pub mbps: f64,
+    /// This link's fraction of the bytes acknowledged first.
+    pub share: f64,
+    /// Bytes sent again on this link (timeouts, deaths, duplicates).
+    pub resent: u64,
+}
+
+/// The result of a finished transfer (the `--json` line).
+#[derive(Clone, Debug, Serialize)]
+pub struct SendReport {
+    /// "ok".
+    pub verdict: String,
+    /// File size.
+    pub bytes_total: u64,
+    /// DATA payload put on links in this run.
+    pub bytes_sent: u64,
+    /// Bytes already durable at the receiver when this run began.
+    pub bytes_resumed: u64,
+    /// Seconds from start to verdict.
+    pub elapsed_s: f64,
+    /// BLAKE3 of the file, hex.
+    pub hash: String,
+    /// Per link.
+    pub links: Vec<LinkReport>,
+    /// Transfer id, hex.
+    pub transfer_id: String,
+    /// Where the receiver stored it (its name; the receiver may rename on conflict).
+    pub name: String,
+}
+
+/// A live view for progress bars.
+#[derive(Clone, Debug, Default)]
+pub struct SendProgress {
+    /// File name.
+    pub name: String,
+    /// File size.
+    pub total: u64,
+    /// Acknowledged by the receiver.
+    pub acked: u64,
+    /// Durable at the receiver.
+    pub durable: u64,
+    /// Durable before this run.
+    pub resumed: u64,
+    /// Per link: (selector, up, bytes acked first over it, bytes sent).
+    pub links: Vec<LinkProgress>,
+    /// What is happening, in words ("sending", "verifying", "waiting for links").
+    pub status: String,
+}
+
+/// One link in [`SendProgress`].
+#[derive(Clone, Debug, Default)]
+pub struct LinkProgress {
+    /// Selector.
+    pub selector: String,
+    /// Up now.
+    pub up: bool,
+    /// Bytes first acknowledged over this link.
+    pub acked: u64,
+    /// Bytes put on it.
+    pub sent: u64,
+}
+
+struct Shared {
+    engine: Mutex<Sender>,
+    /// Wakes writers when window room or work appears.
+    wake: Notify,
+    file: File,
+    selectors: Vec<String>,
+}
+
+impl Shared {
+    fn engine(&self) -> MutexGuard<'_, Sender> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+enum Internal {
+    /// A link's reader or writer failed.
+    Down { link: LinkId, generation: u64, reason: String },
+    /// A frame the control task must handle (Verdict, Reject, Error…).
+    Frame { link: LinkId, frame: Frame },
+    /// A retried link is back.
+    Reopened { link: LinkId, conn: Joined },
+    /// A retry failed.
+    RetryFailed { link: LinkId, reason: String },
+}
+
+/// An opened link that said Hello and joined the transfer.
+struct Joined {
+    tx: Box<dyn FrameTx>,
+    rx: Box<dyn FrameRx>,
+    accept: gateway_proto::Accept,
+}
+
+struct LinkSlot {
+    generation: u64,
+    tx: Option<Arc<tokio::sync::Mutex<Box<dyn FrameTx>>>>,
+    tasks: Vec<JoinHandle<()>>,
+    retrying: bool,
+}
+
+impl LinkSlot {
+    fn stop_tasks(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+        self.tx = None;
+    }
+}
+
+/// Sends one file over every link in `opts.to` at once. Resumes from the DB
+/// when the same file (path, size, mtime) was sent to the same peer before.
+/// `stop` turning true is USER_STOP.
+pub async fn send(
+    state: NodeState,
+    cfg: NodeConfig,
+    reg: Arc<Registry>,
+    opts: SendOptions,
+    progress: watch::Sender<SendProgress>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<SendReport, NodeError> {
+    let started = Instant::now();
+    let (path, name, md) = inspect(&opts.path)?;
+    if opts.to.is_empty() {
+        return Err(NodeError::Other(
+            "no link given: add --to SELECTOR (e.g. --to tcp:192.168.1.7:7878)".into(),
+        ));
+    }
+    let file = File::open(&path).map_err(|e| NodeError::io(format!("cannot open {}", path.display()), e))?;
+    let size = md.len();
+    let mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    // Whole-file hash in the background, while the links come up and data moves.
+    let hash_task = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || hash_file(&path))
+    };
+
+    // Open every link at once; keep the ones that answer.
+    let ours = wire::hello(&state, Vec::new());
+    let mut opening = Vec::new();
+    for sel in &opts.to {
+        let reg = reg.clone();
+        let sel = sel.clone();
+        let ours = ours.clone();
+        let cfg = cfg.clone();
+        opening.push(tokio::spawn(async move { open_and_hello(&reg, &sel, ours, &cfg).await }));
+    }
+    let mut conns: Vec<Option<(Box<dyn FrameTx>, Box<dyn FrameRx>)>> = Vec::new();
+    let mut failures = Vec::new();
+    let mut peer: Option<gateway_proto::Hello> = None;
+    for (i, h) in opening.into_iter().enumerate() {
+        match h.await.map_err(|e| NodeError::Other(e.to_string()))? {
+            Ok((tx, rx, hello)) => {
+                if let Some(p) = &peer {
+                    if p.node_id != hello.node_id {
+                        return Err(NodeError::Other(format!(
+                            "{} reaches node {} ({}) but {} reaches node {} ({}); every --to must reach the same receiver",
+                            opts.to[0], p.name, p.node_id, opts.to[i], hello.name, hello.node_id
+                        )));
+                    }
+                } else {
+                    peer = Some(hello);
+                }
+                conns.push(Some((tx, rx)));
+            }
+            Err(e) => {
+                failures.push(format!("  {}: {e}", opts.to[i]));
+                conns.push(None);
+            }
+        }
+    }
+    let Some(peer) = peer else {
+        return Err(NodeError::NoLinks(failures.join("\n")));
+    };
+    for f in &failures {
+        tracing::warn!("link not up yet, will retry: {}", f.trim());
+    }
+
+    // RELOAD or a new record.
+    let canonical = path.to_string_lossy().into_owned();
+    let existing = state
+        .store()
+        .find_send(&peer.node_id, &canonical, size, mtime_ns)?;
+    let (rec, is_new) = match existing {
+        Some(r) => (r, false),
+        None => (new_record(&peer.node_id, &canonical, &name, size, mtime_ns, &md, &cfg)?, true),
+    };
+    if is_new {
+        state.store().insert_transfer(&rec)?;
+    }
+    let mut engine_cfg = cfg.engine.clone();
+    engine_cfg.chunk_size_bytes = rec.chunk_size;
+    let meta = FileMeta {
+        transfer_id: rec.id,
+        name: name.clone(),
+        size,
+        mtime_ns,
+        mode: rec.mode,
+        chunk_size: rec.chunk_size,
+    };
+    let span = tracing::info_span!("transfer", id = %hex::encode(&rec.id[..4]), name = %name);
+    let mut engine = Sender::new(meta, engine_cfg);
+
+    // Negotiate on the first link that is up.
+    let first = conns.iter().position(Option::is_some).expect("one link is up");
+    let (mut tx0, mut rx0) = conns[first].take().expect("checked");
+    let opening_body = if is_new {
+        Body::Offer(engine.offer())
+    } else {
+        tracing::info!(parent: &span, durable = rec.durable.count(), "found in the DB: RELOAD");
+        Body::Reload(engine.reload(&rec.durable))
+    };
+    wire::send(&mut *tx0, opening_body).await.map_err(|e| link_err(&opts.to[first], e.into()))?;
+    let accept = match await_answer(&mut *rx0, &cfg).await.map_err(|e| link_err(&opts.to[first], e))? {
+        Body::Accept(a) => a,
+        Body::Reject(r) => {
+            engine.handle_reject(&r);
+            return Err(NodeError::Rejected(r.message));
+        }
+        Body::Error(e) if e.code == ErrorCode::UnknownTransfer && !is_new => {
+            // The receiver finished or forgot it: start over as a new transfer.
+            tracing::warn!("the receiver does not know this transfer any more; sending it anew");
+            state.store().delete_transfer(&rec.id, Direction::Send)?;
+            drop((tx0, rx0));
+            return Box::pin(send(state, cfg, reg, opts, progress, stop)).await;
+        }
+        Body::Error(e) => return Err(NodeError::Peer(format!("the receiver said: {}", e.message))),
+        other => {
+            return Err(NodeError::Peer(format!(
+                "expected Accept, got {}",
+                crate::serve::body_name(&other)
+            )));
+        }
+    };
+    engine.handle_accept(&accept).map_err(|e| NodeError::Peer(e.to_string()))?;
+    conns[first] = Some((tx0, rx0));
+    // Every other link joins with a Reload and gets its own Accept.
+    let mut joined: Vec<Option<Joined>> = Vec::new();
+    for (i, c) in conns.into_iter().enumerate() {
+        let Some((mut tx, mut rx)) = c else {
+            joined.push(None);
+            continue;
+        };
+        if i == first {
+            joined.push(Some(Joined { tx, rx, accept: accept.clone() }));
+            continue;
+        }
+        match join(&mut *tx, &mut *rx, &engine, &cfg).await {
+            Ok(a) => joined.push(Some(Joined { tx, rx, accept: a })),
+            Err(e) => {
+                tracing::warn!(link = %opts.to[i], "could not join: {e}");
+                joined.push(None);
+            }
+        }
+    }
+
+    let resumed = engine.progress().resumed_bytes;
+    let shared = Arc::new(Shared {
+        engine: Mutex::new(engine),
+        wake: Notify::new(),
+        file,
+        selectors: opts.to.clone(),
+    });
+    let (itx, mut irx) = mpsc::unbounded_channel::<Internal>();
+    let mut slots: Vec<LinkSlot> = Vec::new();
+    let now = Instant::now();
+    for (i, j) in joined.into_iter().enumerate() {
+        let mut slot = LinkSlot { generation: 0, tx: None, tasks: Vec::new(), retrying: false };
+        let link = i as LinkId;
+        {
+            let mut e = shared.engine();
+            e.link_up(link);
+            if j.is_none() {
+                e.link_down(link, "could not open", now);
+            }
+        }
+        if let Some(j) = j {
+            start_link(&shared, &mut slot, link, j, &itx, &span)?;
+        }
+        slots.push(slot);
+    }
+
+    // The control task: the IHS, timers, progress, Complete/Verdict.
+    let mut tick = tokio::time::interval(cfg.tick);
+    let mut file_hash: Option<Hash> = None;
+    let mut hash_task = Some(hash_task);
+    let mut no_links_since: Option<Instant> = None;
+    let mut verify_started: Option<Instant> = None;
+    let outcome: Result<(), NodeError> = loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = stop.changed() => {
+                if r.is_err() || *stop.borrow() {
+                    shared.engine().user_stop();
+                }
+            }
+            Some(msg) = irx.recv() => {
+                match msg {
+                    Internal::Down { link, generation, reason } => {
+                        let slot = &mut slots[link as usize];
+                        if slot.generation == generation && slot.tx.is_some() {
+                            slot.stop_tasks();
+                            tracing::warn!(parent: &span, link = %shared.selectors[link as usize], "link down: {reason}");
+                            shared.engine().link_down(link, &reason, Instant::now());
+                            shared.wake.notify_waiters();
+                        }
+                    }
+                    Internal::Frame { link, frame } => {
+                        if let Some(r) = handle_control_frame(&shared, link, frame, &state, &rec.id) {
+                            break r;
+                        }
+                    }
+                    Internal::Reopened { link, conn } => {
+                        let slot = &mut slots[link as usize];
+                        slot.retrying = false;
+                        {
+                            let mut e = shared.engine();
+                            if let Err(err) = e.handle_rejoin(&conn.accept) {
+                                tracing::warn!("rejoin refused: {err}");
+                                continue;
+                            }
+                            e.link_up(link);
+                        }
+                        tracing::info!(parent: &span, link = %shared.selectors[link as usize], "link back");
+                        slot.generation += 1;
+                        start_link(&shared, slot, link, conn, &itx, &span)?;
+                        shared.wake.notify_waiters();
+                    }
+                    Internal::RetryFailed { link, reason } => {
+                        slots[link as usize].retrying = false;
+                        tracing::debug!(link = %shared.selectors[link as usize], "retry failed: {reason}");
+                        shared.engine().link_retry_failed(link, Instant::now());
+                    }
+                }
+            }
+        }
+        // Hash ready?
+        if file_hash.is_none() {
+            if let Some(t) = &hash_task {
+                if t.is_finished() {
+                    let t = hash_task.take().expect("present");
+                    let h = t.await.map_err(|e| NodeError::Other(e.to_string()))??;
+                    file_hash = Some(h);
+                    shared.engine().set_file_hash(h);
+                    state.store().set_file_hash(&rec.id, Direction::Send, &h)?;
+                }
+            }
+        }
+        let now = Instant::now();
+        shared.engine().handle_timeout(now);
+        // Drain engine events through the IHS decisions.
+        let mut finished: Option<Result<(), NodeError>> = None;
+        loop {
+            let ev = shared.engine().poll_event();
+            let Some(ev) = ev else { break };
+            match ev {
+                Event::SaveDurable(set) => {
+                    state.store().set_durable(&rec.id, Direction::Send, &set)?;
+                }
+                Event::RetryLink(link) => {
+                    let slot = &mut slots[link as usize];
+                    if !slot.retrying {
+                        slot.retrying = true;
+                        let reg = reg.clone();
+                        let sel = shared.selectors[link as usize].clone();
+                        let ours = ours.clone();
+                        let cfg = cfg.clone();
+                        let itx = itx.clone();
+                        let reload = shared.engine().reload(&RangeSet::new());
+                        let expected = peer.node_id.clone();
+                        tokio::spawn(async move {
+                            let msg = match reopen(&reg, &sel, ours, &cfg, reload, &expected).await {
+                                Ok(conn) => Internal::Reopened { link, conn },
+                                Err(e) => Internal::RetryFailed { link, reason: e.to_string() },
+                            };
+                            let _ = itx.send(msg);
+                        });
+                    }
+                }
+                Event::Signal(sig) => {
+                    for action in ihs::decide(&sig, &cfg.engine, now) {
+                        match action {
+                            Action::SaveFrame { signal } => save_signal(&state, &rec.id, &shared, &sig, signal)?,
+                            Action::RetryLinkAt { .. } | Action::Continue | Action::KeepRecords => {}
+                            Action::DeleteRecords => {
+                                state.store().delete_transfer(&rec.id, Direction::Send)?;
+                                finished = Some(Ok(()));
+                            }
+                            Action::Exit => {
+                                finished = Some(Err(match &sig {
+                                    Signal::UserStop => NodeError::Stopped,
+                                    _ => NodeError::Other(phase_text(shared.engine().phase())),
+                                }));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(r) = finished {
+            break r;
+        }
+        if let Phase::Failed(why) = shared.engine().phase().clone() {
+            break Err(NodeError::Other(why));
+        }
+        // Complete, once every chunk is acked and the hash is known.
+        let complete = shared.engine().poll_complete();
+        if let Some(c) = complete {
+            verify_started = Some(now);
+            if !send_on_any(&slots, Body::Complete(c)).await {
+                // No link to carry it: the transfer goes back to waiting.
+                tracing::warn!("no link up to send Complete on");
+            }
+        }
+        if let Some(t) = verify_started {
+            if now.duration_since(t) > cfg.verdict_timeout {
+                break Err(NodeError::Paused(format!(
+                    "no verdict from the receiver within {:?}",
+                    cfg.verdict_timeout
+                )));
+            }
+        }
+        // No link at all for too long: pause.
+        let up = shared.engine().links_up();
+        if up == 0 {
+            let since = *no_links_since.get_or_insert(now);
+            if now.duration_since(since) > cfg.pause_after {
+                break Err(NodeError::Paused(format!(
+                    "no link to the receiver for {:?}; state is saved, run the same send again to resume",
+                    cfg.pause_after
+                )));
+            }
+        } else {
+            no_links_since = None;
+        }
+        publish(&shared, &progress, &name);
+    };
+
+    // Wind down: tell the receiver, stop tasks, record per-link stats.
+    let bye = match &outcome {
+        Ok(()) => "done",
+        Err(NodeError::Stopped) => "user stop",
+        Err(_) => "paused",
+    };
+    send_on_all(&slots, Body::Bye(bye.into())).await;
+    for s in &mut slots {
+        s.stop_tasks();
+    }
+    let elapsed = started.elapsed();
+    let report = build_report(&shared, &rec.id, &name, size, resumed, elapsed, file_hash);
+    for l in &report.links {
+        let _ = state.store().record_link_stat(&LinkStat {
+            transfer_id: rec.id,
+            selector: l.selector.clone(),
+            bytes: l.bytes,
+            elapsed_ms: elapsed.as_millis() as u64,
+            at_ms: now_ms(),
+        });
+    }
+    publish(&shared, &progress, &name);
+    outcome.map(|()| report)
+}
+
+fn phase_text(p: &Phase) -> String {
+    match p {
+        Phase::Failed(why) => why.clone(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Reads the file's metadata and checks that its name can travel.
+fn inspect(path: &Path) -> Result<(PathBuf, String, std::fs::Metadata), NodeError> {
+    let canonical = path.canonicalize().map_err(|e| {
+        NodeError::io(format!("cannot send {}", path.display()), e)
+    })?;
+    let md = std::fs::metadata(&canonical)
+        .map_err(|e| NodeError::io(format!("cannot read {}", path.display()), e))?;
+    if !md.is_file() {
+        return Err(NodeError::Other(format!(
+            "{} is not a regular file (directories come in a later version)",
+            path.display()
+        )));
+    }
+    let name = canonical
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| NodeError::Other(format!("{} has no UTF-8 file name", path.display())))?
+        .to_string();
+    gateway_proto::validate_name(&name).map_err(|e| NodeError::Other(e.to_string()))?;
+    Ok((canonical, name, md))
+}
+
+fn new_record(
+    peer: &str,
+    path: &str,
+    name: &str,
+    size: u64,
+    mtime_ns: i64,
+    md: &std::fs::Metadata,
+    cfg: &NodeConfig,
+) -> Result<TransferRecord, NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut id: TransferId = [0; 16];
+    getrandom::fill(&mut id).map_err(|e| NodeError::Other(e.to_string()))?;
+    let now = now_ms();
+    Ok(TransferRecord {
+        id,
+        direction: Direction::Send,
+        peer: peer.to_string(),
+        path: path.to_string(),
+        name: name.to_string(),
+        size,
+        mtime_ns,
+        mode: md.permissions().mode() & 0o7777,
+        chunk_size: cfg.engine.chunk_size_bytes,
+        file_hash: None,
+        state: TransferState::Active,
+        durable: RangeSet::new(),
+        created_at_ms: now,
+        updated_at_ms: now,
+    })
+}
+
+/// BLAKE3 of a whole file, read sequentially.
+pub fn hash_file(path: &Path) -> Result<Hash, NodeError> {
+    let f = File::open(path).map_err(|e| NodeError::io(format!("cannot open {}", path.display()), e))?;
+    let mut h = blake3::Hasher::new();
+    h.update_reader(f)
+        .map_err(|e| NodeError::io(format!("cannot read {}", path.display()), e))?;
+    Ok(*h.finalize().as_bytes())
+}
+
+fn link_err(sel: &str, e: WireError) -> NodeError {
+    NodeError::Peer(format!("{sel}: {e}"))
+}
+
+async fn open_and_hello(
+    reg: &Registry,
+    sel: &str,
+    ours: gateway_proto::Hello,
+    cfg: &NodeConfig,
+) -> Result<(Box<dyn FrameTx>, Box<dyn FrameRx>, gateway_proto::Hello), NodeError> {
+    let link = reg.open(sel).await.map_err(|source| NodeError::Open {
+        selector: sel.to_string(),
+        source,
+    })?;
+    let (mut tx, mut rx) = link.split();
+    let theirs = wire::exchange_hello(&mut *tx, &mut *rx, ours, &cfg.limits, cfg.hello_timeout)
+        .await
+        .map_err(|e| link_err(sel, e))?;
+    Ok((tx, rx, theirs))
+}
+
+/// Waits for the answer to an Offer/Reload, skipping Pings.
+async fn await_answer(rx: &mut dyn FrameRx, cfg: &NodeConfig) -> Result<Body, WireError> {
+    loop {
+        let f = wire::recv_within(rx, &cfg.limits, cfg.accept_timeout).await?;
+        match f.body {
+            Body::Ping(_) | Body::Pong(_) | Body::Hello(_) | Body::Checkpoint(_) | Body::Ack(_) => {}
+            other => return Ok(other),
+        }
+    }
+}
+
+/// A second link joins a running transfer: Reload, then the receiver's Accept.
+async fn join(
+    tx: &mut dyn FrameTx,
+    rx: &mut dyn FrameRx,
+    engine: &Sender,
+    cfg: &NodeConfig,
+) -> Result<gateway_proto::Accept, NodeError> {
+    wire::send(tx, Body::Reload(engine.reload(engine.durable())))
+        .await
+        .map_err(|e| NodeError::Peer(e.to_string()))?;
+    match await_answer(rx, cfg).await.map_err(|e| NodeError::Peer(e.to_string()))? {
+        Body::Accept(a) => Ok(a),
+        Body::Error(e) => Err(NodeError::Peer(e.message)),
+        Body::Reject(r) => Err(NodeError::Rejected(r.message)),
+        other => Err(NodeError::Peer(format!(
+            "expected Accept, got {}",
+            crate::serve::body_name(&other)
+        ))),
+    }
+}
+
+/// IHS retry: reopen a failed link, check it is the same peer, join.
+async fn reopen(
+    reg: &Registry,
+    sel: &str,
+    ours: gateway_proto::Hello,
+    cfg: &NodeConfig,
+    reload: gateway_proto::Reload,
+    expected_peer: &str,
+) -> Result<Joined, NodeError> {
+    let (mut tx, mut rx, hello) = open_and_hello(reg, sel, ours, cfg).await?;
+    if hello.node_id != expected_peer {
+        return Err(NodeError::Other(format!(
+            "{sel} now reaches a different node ({})",
+            hello.node_id
+        )));
+    }
+    wire::send(&mut *tx, Body::Reload(reload))
+        .await
+        .map_err(|e| NodeError::Peer(e.to_string()))?;
+    match await_answer(&mut *rx, cfg).await.map_err(|e| NodeError::Peer(e.to_string()))? {
+        Body::Accept(accept) => Ok(Joined { tx, rx, accept }),
+        Body::Error(e) => Err(NodeError::Peer(e.message)),
+        other => Err(NodeError::Peer(format!(
+            "expected Accept, got {}",
+            crate::serve::body_name(&other)
+        ))),
+    }
+}
+
+/// Starts the writer and reader tasks of a joined link.
+fn start_link(
+    shared: &Arc<Shared>,
+    slot: &mut LinkSlot,
+    link: LinkId,
+    conn: Joined,
+    itx: &mpsc::UnboundedSender<Internal>,
+    span: &tracing::Span,
+) -> Result<(), NodeError> {
+    slot.stop_tasks();
+    let tx = Arc::new(tokio::sync::Mutex::new(conn.tx));
+    slot.tx = Some(tx.clone());
+    let generation = slot.generation;
+    let sel = shared.selectors[link as usize].clone();
+    let lspan = tracing::info_span!(parent: span, "link", sel = %sel);
+    slot.tasks.push(tokio::spawn(
+        writer(shared.clone(), link, generation, tx, itx.clone()).instrument(lspan.clone()),
+    ));
+    slot.tasks.push(tokio::spawn(
+        reader(shared.clone(), link, generation, conn.rx, itx.clone()).instrument(lspan),
+    ));
+    Ok(())
+}
+
+/// A link's writer: pulls chunks while its window has room, reads each at
+/// its offset, hashes it, wraps it in a Data frame and sends it.
+async fn writer(
+    shared: Arc<Shared>,
+    link: LinkId,
+    generation: u64,
+    tx: Arc<tokio::sync::Mutex<Box<dyn FrameTx>>>,
+    itx: mpsc::UnboundedSender<Internal>,
+) {
+    let mut enc = gateway_proto::Encoder::new();
+    let mut buf = Vec::new();
+    let id = shared.engine().meta().transfer_id;
+    loop {
+        let notified = shared.wake.notified();
+        let next = shared.engine().poll_chunk(link, Instant::now());
+        let Some(chunk) = next else {
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+            continue;
+        };
+        buf.resize(chunk.len as usize, 0);
+        if let Err(e) = shared.file.read_exact_at(&mut buf, chunk.offset) {
+            shared.engine().unsent(link, chunk.index);
+            let _ = itx.send(Internal::Down {
+                link,
+                generation,
+                reason: format!("reading the source file failed: {e}"),
+            });
+            return;
+        }
+        let hash = blake3::hash(&buf);
+        let frame = enc.data(&id, chunk.offset, &buf, Some(hash.as_bytes()));
+        let res = tx.lock().await.send(frame).await;
+        if let Err(e) = res {
+            shared.engine().unsent(link, chunk.index);
+            let _ = itx.send(Internal::Down {
+                link,
+                generation,
+                reason: e.to_string(),
+            });
+            return;
+        }
+    }
+}
+
+/// A link's reader: acks and checkpoints go straight to the engine; the
+/// rest goes to the control task.
+async fn reader(
+    shared: Arc<Shared>,
+    link: LinkId,
+    generation: u64,
+    mut rx: Box<dyn FrameRx>,
+    itx: mpsc::UnboundedSender<Internal>,
+) {
+    let limits = gateway_proto::Limits::default();
+    loop {
+        let frame = match wire::recv(&mut *rx, &limits).await {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = itx.send(Internal::Down {
+                    link,
+                    generation,
+                    reason: e.to_string(),
+                });
+                return;
+            }
+        };
+        match &frame.body {
+            Body::Ack(a) => {
+                let r = shared.engine().handle_ack(link, &a.ranges);
+                if let Err(e) = r {
+                    let _ = itx.send(Internal::Down { link, generation, reason: format!("bad Ack: {e}") });
+                    return;
+                }
+                shared.wake.notify_waiters();
+            }
+            Body::Checkpoint(c) => {
+                let r = shared.engine().handle_checkpoint(&c.durable);
+                if let Err(e) = r {
+                    let _ = itx.send(Internal::Down { link, generation, reason: format!("bad Checkpoint: {e}") });
+                    return;
+                }
+            }
+            Body::Pong(_) | Body::Hello(_) | Body::Accept(_) => {}
+            _ => {
+                let is_error = matches!(frame.body, Body::Error(_));
+                let _ = itx.send(Internal::Frame { link, frame });
+                if is_error {
+                    // The receiver drops a link after an Error frame.
+                    let _ = itx.send(Internal::Down { link, generation, reason: "receiver reported an error".into() });
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Verdict, Reject and Error frames. Returns `Some` to end the transfer.
+fn handle_control_frame(
+    shared: &Shared,
+    link: LinkId,
+    frame: Frame,
+    state: &NodeState,
+    id: &TransferId,
+) -> Option<Result<(), NodeError>> {
+    match frame.body {
+        Body::Verdict(v) => {
+            let r = shared.engine().handle_verdict(&v);
+            if let Err(e) = r {
+                return Some(Err(NodeError::Peer(e.to_string())));
+            }
+            if !v.ok {
+                tracing::warn!("verdict: {}; re-sending those chunks", v.message);
+                let _ = state.store().set_durable(id, Direction::Send, shared.engine().durable());
+                shared.wake.notify_waiters();
+            }
+            None
+        }
+        Body::Reject(r) => Some(Err(NodeError::Rejected(r.message))),
+        Body::Error(e) => {
+            tracing::warn!(link = %shared.selectors[link as usize], "receiver error: {}", e.message);
+            match e.code {
+                ErrorCode::DiskFull => Some(Err(NodeError::Paused(format!(
+                    "the receiver's disk is full ({}); free space there, then run the same send again",
+                    e.message
+                )))),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+fn save_signal(
+    state: &NodeState,
+    id: &TransferId,
+    shared: &Shared,
+    sig: &Signal,
+    name: &str,
+) -> Result<(), NodeError> {
+    let meta = match sig {
+        Signal::Error { link, reason, requeued } => serde_json::json!({
+            "link": shared.selectors.get(*link as usize),
+            "reason": reason,
+            "requeued_chunks": requeued,
+        }),
+        _ => serde_json::json!({
+            "durable": shared.engine().durable().count(),
+        }),
+    };
+    // The frame saved is the transfer's Reload as it stands: enough to resume.
+    let e = shared.engine();
+    let frame = wire::encode(Body::Reload(e.reload(e.durable())));
+    drop(e);
+    state
+        .store()
+        .save_paused_frame(Some(id), name, &frame, &meta.to_string(), now_ms())?;
+    Ok(())
+}
+
+async fn send_on_any(slots: &[LinkSlot], body: Body) -> bool {
+    let frame = wire::encode(body);
+    for s in slots {
+        if let Some(tx) = &s.tx {
+            if tx.lock().await.send(&frame).await.is_ok() {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+async fn send_on_all(slots: &[LinkSlot], body: Body) {
+    let frame = wire::encode(body);
+    for s in slots {
+        if let Some(tx) = &s.tx {
+            let mut g = tx.lock().await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), g.send(&frame)).await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), g.close()).await;
+        }
+    }
+}
+
+fn publish(shared: &Shared, progress: &watch::Sender<SendProgress>, name: &str) {
+    let e = shared.engine();
+    let p = e.progress();
+    let status = match e.phase() {
+        Phase::Negotiating => "negotiating".to_string(),
+        Phase::Sending if e.links_up() == 0 => "waiting for a link".to_string(),
+        Phase::Sending => "sending".to_string(),
+        Phase::Verifying => "verifying".to_string(),
+        Phase::Done => "done".to_string(),
+        Phase::Stopped => "stopped".to_string(),
+        Phase::Failed(w) => format!("failed: {w}"),
+    };
+    let links = shared
+        .selectors
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let st = e.link_stats(i as LinkId);
+            LinkProgress {
+                selector: s.clone(),
+                up: e.link_is_up(i as LinkId),
+                acked: st.bytes_acked,
+                sent: st.bytes_sent,
+            }
+        })
+        .collect();
+    progress.send_replace(SendProgress {
+        name: name.to_string(),
+        total: p.total_bytes,
+        acked: p.acked_bytes,
+        durable: p.durable_bytes,
+        resumed: p.resumed_bytes,
+        links,
+        status,
+    });
+}
+
+fn build_report(
+    shared: &Shared,
+    id: &TransferId,
+    name: &str,
+    size: u64,
+    resumed: u64,
+    elapsed: Duration,
+    hash: Option<Hash>,
+) -> SendReport {
+    let e = shared.engine();
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let acked_total: u64 = (0..shared.selectors.len())
+        .map(|i| e.link_stats(i as LinkId).bytes_acked)
+        .sum();
+    let links: Vec<LinkReport> = shared
+        .selectors
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let st = e.link_stats(i as LinkId);
+            LinkReport {
+                selector: s.clone(),
+                bytes: st.bytes_sent,
+                mbps: st.bytes_sent as f64 / secs / 1e6,
+                share: if acked_total == 0 {
+                    0.0
+                } else {
+                    st.bytes_acked as f64 / acked_total as f64
+                },
+                resent: st.bytes_resent,
+            }
+        })
+        .collect();
+    SendReport {
+        verdict: "ok".into(),
+        bytes_total: size,
+        bytes_sent: links.iter().map(|l| l.bytes).sum(),
+        bytes_resumed: resumed,
+        elapsed_s: elapsed.as_secs_f64(),
+        hash: hash.map(hex::encode).unwrap_or_default(),
+        links,
+        transfer_id: hex::encode(id),
+        name: name.to_string(),
+    }
+}

@@ -1,0 +1,579 @@
+//! The receiving node: listeners, one task per accepted link, the transfers'
+//! `file_stream`s, and the checkpoint ticker.
+//!
+//! Every accepted link carries two logical streams: IDENTITY (Hello first)
+//! and FILE (Offer/Reload/Data/Complete). A link that sends anything invalid
+//! gets an Error frame and is dropped; other links and transfers go on.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use gateway_link::{FrameRx, Link, Registry};
+use gateway_proto::{Body, ErrorCode, Offer, Reject, RejectCode, Reload, TransferId};
+use gateway_store::{Direction, PeerRecord};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+use crate::file_stream::{DataError, FileStream};
+use crate::state::{NodeState, now_ms};
+use crate::wire::{self, WireError};
+use crate::{NodeConfig, NodeError};
+
+/// What `gateway serve` needs.
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// Files land here.
+    pub dir: PathBuf,
+    /// Selectors to listen on.
+    pub listen: Vec<String>,
+}
+
+/// Something that happened, for the CLI to print.
+#[derive(Clone, Debug)]
+pub enum ServeEvent {
+    /// A file arrived whole and verified.
+    Received {
+        /// Where it is now.
+        path: PathBuf,
+        /// Its size.
+        bytes: u64,
+    },
+    /// A transfer started or resumed.
+    Started {
+        /// File name.
+        name: String,
+        /// Size.
+        size: u64,
+        /// Bytes already held.
+        resumed: u64,
+    },
+    /// A link was dropped for bad input.
+    Refused {
+        /// Link's peer address.
+        peer: String,
+        /// Why.
+        why: String,
+    },
+}
+
+struct Server {
+    state: NodeState,
+    cfg: NodeConfig,
+    dir: PathBuf,
+    streams: Mutex<HashMap<TransferId, Arc<FileStream>>>,
+    events: mpsc::UnboundedSender<ServeEvent>,
+}
+
+/// A running receiver.
+pub struct ServeHandle {
+    /// The listeners' resolved selectors (port 0 → real port).
+    pub local_selectors: Vec<String>,
+    server: Arc<Server>,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    /// Events for the CLI.
+    pub events: mpsc::UnboundedReceiver<ServeEvent>,
+}
+
+/// Starts listening on every selector; fails if any cannot be bound.
+pub async fn start(
+    state: NodeState,
+    cfg: NodeConfig,
+    reg: Arc<Registry>,
+    opts: ServeOptions,
+) -> Result<ServeHandle, NodeError> {
+    std::fs::create_dir_all(&opts.dir)
+        .map_err(|e| NodeError::io(format!("cannot create {}", opts.dir.display()), e))?;
+    let dir = opts
+        .dir
+        .canonicalize()
+        .map_err(|e| NodeError::io(format!("cannot open {}", opts.dir.display()), e))?;
+    let (etx, erx) = mpsc::unbounded_channel();
+    let server = Arc::new(Server {
+        state,
+        cfg,
+        dir,
+        streams: Mutex::new(HashMap::new()),
+        events: etx,
+    });
+    let (stop, stop_rx) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut local = Vec::new();
+    for sel in &opts.listen {
+        let mut listener = reg.listen(sel).await.map_err(|source| NodeError::Open {
+            selector: sel.clone(),
+            source,
+        })?;
+        let local_sel = listener.local_selector();
+        tracing::info!(listen = %local_sel, "listening");
+        local.push(local_sel.clone());
+        let server = server.clone();
+        let mut stop_rx = stop_rx.clone();
+        tasks.spawn(async move {
+            let mut links = JoinSet::new();
+            loop {
+                tokio::select! {
+                    _ = stop_rx.changed() => break,
+                    acc = listener.accept() => match acc {
+                        Ok(link) => {
+                            let span = tracing::info_span!("link", sel = %link.info().selector, peer = %link.info().peer);
+                            links.spawn(serve_link(server.clone(), link, stop_rx.clone()).instrument(span));
+                        }
+                        Err(e) => {
+                            tracing::warn!(listen = %local_sel, "accept failed: {e}");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                    },
+                    Some(_) = links.join_next(), if !links.is_empty() => {}
+                }
+            }
+            links.shutdown().await;
+        });
+    }
+    // Time-based checkpoints (data written but idle for checkpoint_interval).
+    {
+        let server = server.clone();
+        let mut stop_rx = stop_rx.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(server.cfg.tick);
+            loop {
+                tokio::select! {
+                    _ = stop_rx.changed() => break,
+                    _ = tick.tick() => {
+                        for s in server.all_streams() {
+                            if s.checkpoint_due() {
+                                if let Err(e) = s.checkpoint(false).await {
+                                    tracing::warn!(name = %s.name, "checkpoint failed: {e}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+    Ok(ServeHandle {
+        local_selectors: local,
+        server,
+        stop,
+        tasks,
+        events: erx,
+    })
+}
+
+impl ServeHandle {
+    /// USER_STOP: stop accepting, make every written byte durable, record the
+    /// stop in the DB, and return. A sender that reruns resumes.
+    pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        for s in self.server.all_streams() {
+            s.checkpoint(true).await?;
+            let meta = serde_json::json!({"name": s.name, "durable_bytes": s.durable_bytes()});
+            self.server.state.store().save_paused_frame(
+                Some(&s.id),
+                "USER_STOP",
+                &[],
+                &meta.to_string(),
+                now_ms(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl Server {
+    fn all_streams(&self) -> Vec<Arc<FileStream>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn stream(&self, id: &TransferId) -> Option<Arc<FileStream>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// The stream of a transfer: in memory, else from the DB (after a restart).
+    fn load(&self, id: &TransferId) -> Result<Option<Arc<FileStream>>, NodeError> {
+        if let Some(s) = self.stream(id) {
+            return Ok(Some(s));
+        }
+        let Some(rec) = self.state.store().get_transfer(id, Direction::Recv)? else {
+            return Ok(None);
+        };
+        let s = FileStream::reopen(&self.state, &self.cfg, rec)?;
+        let mut map = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(Some(map.entry(*id).or_insert(s).clone()))
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        nix::sys::statvfs::statvfs(&self.dir)
+            .ok()
+            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+    }
+
+    fn on_offer(&self, offer: &Offer, peer: &str) -> Result<Body, NodeError> {
+        if let Some(s) = self.load(&offer.transfer_id)? {
+            return Ok(Body::Accept(s.accept()));
+        }
+        let needed = offer.size + self.cfg.reserve_free_bytes;
+        if let Some(free) = self.free_bytes() {
+            if free < needed {
+                return Ok(Body::Reject(Reject {
+                    transfer_id: offer.transfer_id,
+                    code: RejectCode::NoSpace,
+                    message: format!(
+                        "not enough space in {}: {} needs {} bytes (with a {}-byte reserve), {} available",
+                        self.dir.display(),
+                        offer.name,
+                        needed,
+                        self.cfg.reserve_free_bytes,
+                        free
+                    ),
+                }));
+            }
+        }
+        let s = FileStream::create(&self.state, &self.cfg, &self.dir, offer, peer)?;
+        let _ = self.events.send(ServeEvent::Started {
+            name: offer.name.clone(),
+            size: offer.size,
+            resumed: 0,
+        });
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(offer.transfer_id, s.clone());
+        Ok(Body::Accept(s.accept()))
+    }
+
+    fn on_reload(&self, reload: &Reload) -> Result<Option<Arc<FileStream>>, NodeError> {
+        let Some(s) = self.load(&reload.transfer_id)? else {
+            return Ok(None);
+        };
+        Ok(Some(s))
+    }
+}
+
+/// One accepted link: Hello, then FILE frames until it closes or misbehaves.
+async fn serve_link(server: Arc<Server>, link: Box<dyn Link>, mut stop: watch::Receiver<bool>) {
+    let info = link.info().clone();
+    let (mut tx, mut rx) = link.split();
+    let (otx, mut orx) = mpsc::channel::<Bytes>(256);
+    // The link's writer: acks, checkpoints, verdicts, errors, in order.
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = orx.recv().await {
+            if let Err(e) = tx.send(&frame).await {
+                tracing::debug!("link send failed: {e}");
+                break;
+            }
+        }
+        let _ = tx.close().await;
+    });
+    let cfg = &server.cfg;
+    let hello = wire::hello(&server.state, Vec::new());
+    let _ = otx.send(wire::encode(Body::Hello(hello))).await;
+    let peer = tokio::select! {
+        _ = stop.changed() => None,
+        r = first_hello(&mut *rx, &cfg.limits, cfg.hello_timeout) => match r {
+            Ok(h) => Some(h),
+            Err(e) => {
+                refuse(&server, &otx, &info.peer, None, &e).await;
+                None
+            }
+        }
+    };
+    if let Some(peer) = peer {
+        let now = now_ms();
+        let rec = PeerRecord {
+            node_id: peer.node_id.clone(),
+            name: peer.name.clone(),
+            node_type: peer.node_type.clone(),
+            macs: peer.macs.clone(),
+            ips: vec![info.peer.clone()],
+            links: peer.links.clone(),
+            trust: "any".into(),
+            first_seen_ms: now,
+            last_seen_ms: now,
+        };
+        if let Err(e) = server.state.store().upsert_peer(&rec) {
+            tracing::warn!("peerstore: {e}");
+        }
+        tracing::info!(peer = %peer.name, id = %peer.node_id, "hello");
+        tokio::select! {
+            _ = stop.changed() => {}
+            () = file_loop(&server, &mut *rx, &otx, &peer.node_id, &info.peer) => {}
+        }
+    }
+    drop(otx);
+    let _ = writer.await;
+}
+
+async fn first_hello(
+    rx: &mut dyn FrameRx,
+    limits: &gateway_proto::Limits,
+    timeout: std::time::Duration,
+) -> Result<gateway_proto::Hello, WireError> {
+    let f = wire::recv_within(rx, limits, timeout).await?;
+    match f.body {
+        Body::Hello(h) => Ok(h),
+        _ => Err(WireError::Proto(gateway_proto::ProtoError::Malformed(
+            "the first frame on a link must be Hello".into(),
+        ))),
+    }
+}
+
+/// Sends an Error frame for bad input and reports it.
+async fn refuse(
+    server: &Server,
+    otx: &mpsc::Sender<Bytes>,
+    peer: &str,
+    id: Option<TransferId>,
+    e: &WireError,
+) {
+    let code = match e {
+        WireError::Proto(p) => p.code(),
+        WireError::Timeout(_) => ErrorCode::Protocol,
+        WireError::Link(_) => return, // nothing to tell a dead link
+    };
+    tracing::warn!(%peer, "dropping link: {e}");
+    let _ = otx.send(wire::encode(wire::error_body(id, code, e.to_string()))).await;
+    let _ = server.events.send(ServeEvent::Refused {
+        peer: peer.to_string(),
+        why: e.to_string(),
+    });
+}
+
+async fn refuse_with(
+    server: &Server,
+    otx: &mpsc::Sender<Bytes>,
+    peer: &str,
+    id: Option<TransferId>,
+    code: ErrorCode,
+    msg: String,
+) {
+    tracing::warn!(%peer, "dropping link: {msg}");
+    let _ = otx.send(wire::encode(wire::error_body(id, code, msg.clone()))).await;
+    let _ = server.events.send(ServeEvent::Refused {
+        peer: peer.to_string(),
+        why: msg,
+    });
+}
+
+async fn file_loop(
+    server: &Arc<Server>,
+    rx: &mut dyn FrameRx,
+    otx: &mpsc::Sender<Bytes>,
+    peer_id: &str,
+    peer_addr: &str,
+) {
+    // The stream this link last worked on (a link may carry several transfers).
+    let mut current: Option<Arc<FileStream>> = None;
+    loop {
+        let frame = match wire::recv(rx, &server.cfg.limits).await {
+            Ok(f) => f,
+            Err(e) => {
+                refuse(server, otx, peer_addr, current.as_ref().map(|s| s.id), &e).await;
+                return;
+            }
+        };
+        match frame.body {
+            Body::Offer(offer) => match server.on_offer(&offer, peer_id) {
+                Ok(body) => {
+                    if let Body::Accept(_) = body {
+                        if let Some(s) = server.stream(&offer.transfer_id) {
+                            s.attach(otx);
+                            current = Some(s);
+                        }
+                    }
+                    let _ = otx.send(wire::encode(body)).await;
+                }
+                Err(e) => {
+                    tracing::error!("offer failed: {e}");
+                    let _ = otx
+                        .send(wire::encode(Body::Reject(Reject {
+                            transfer_id: offer.transfer_id,
+                            code: RejectCode::Other,
+                            message: e.to_string(),
+                        })))
+                        .await;
+                }
+            },
+            Body::Reload(reload) => match server.on_reload(&reload) {
+                Ok(Some(s)) => {
+                    s.attach(otx);
+                    let _ = otx.send(wire::encode(Body::Accept(s.accept()))).await;
+                    current = Some(s);
+                }
+                Ok(None) => {
+                    refuse_with(
+                        server,
+                        otx,
+                        peer_addr,
+                        Some(reload.transfer_id),
+                        ErrorCode::UnknownTransfer,
+                        format!(
+                            "no transfer {} here; send it again as a new transfer",
+                            hex::encode(reload.transfer_id)
+                        ),
+                    )
+                    .await;
+                    return;
+                }
+                Err(e) => {
+                    refuse_with(server, otx, peer_addr, Some(reload.transfer_id), ErrorCode::Internal, e.to_string()).await;
+                    return;
+                }
+            },
+            Body::Data(data) => {
+                let s = match &current {
+                    Some(s) if s.id == data.transfer_id => s.clone(),
+                    _ => match server.stream(&data.transfer_id) {
+                        Some(s) => {
+                            s.attach(otx);
+                            current = Some(s.clone());
+                            s
+                        }
+                        None => {
+                            refuse_with(
+                                server,
+                                otx,
+                                peer_addr,
+                                Some(data.transfer_id),
+                                ErrorCode::UnknownTransfer,
+                                "Data for a transfer that was not offered on this node".into(),
+                            )
+                            .await;
+                            return;
+                        }
+                    },
+                };
+                match s.write(&data) {
+                    Ok(ack) => {
+                        let _ = otx.send(wire::encode(Body::Ack(ack))).await;
+                        if s.checkpoint_due() {
+                            let s2 = s.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = s2.checkpoint(false).await {
+                                    tracing::warn!(name = %s2.name, "checkpoint failed: {e}");
+                                }
+                            });
+                        }
+                    }
+                    Err(DataError::Engine(e)) => {
+                        refuse_with(server, otx, peer_addr, Some(s.id), e.code(), e.to_string()).await;
+                        return;
+                    }
+                    Err(DataError::Io { path, source }) => {
+                        // Disk full or failing: keep what is durable, tell the
+                        // sender to pause; nothing already on disk is touched.
+                        let code = if source.raw_os_error() == Some(libc_enospc()) {
+                            ErrorCode::DiskFull
+                        } else {
+                            ErrorCode::Io
+                        };
+                        let _ = s.checkpoint(true).await;
+                        refuse_with(
+                            server,
+                            otx,
+                            peer_addr,
+                            Some(s.id),
+                            code,
+                            format!("receiver cannot write {path}: {source}"),
+                        )
+                        .await;
+                        return;
+                    }
+                }
+            }
+            Body::Complete(c) => {
+                let Some(s) = server.load(&c.transfer_id).ok().flatten() else {
+                    refuse_with(server, otx, peer_addr, Some(c.transfer_id), ErrorCode::UnknownTransfer, "Complete for an unknown transfer".into()).await;
+                    return;
+                };
+                match s.finish(&c).await {
+                    Ok((verdict, path)) => {
+                        let ok = verdict.ok;
+                        let _ = otx.send(wire::encode(Body::Verdict(verdict))).await;
+                        if ok {
+                            server
+                                .streams
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&c.transfer_id);
+                            if let Some(path) = path {
+                                tracing::info!(path = %path.display(), "received");
+                                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                                let _ = server.events.send(ServeEvent::Received { path, bytes: size });
+                            }
+                            current = None;
+                        }
+                    }
+                    Err(e) => {
+                        refuse_with(server, otx, peer_addr, Some(c.transfer_id), ErrorCode::Io, e.to_string()).await;
+                        return;
+                    }
+                }
+            }
+            Body::Ping(n) => {
+                let _ = otx.send(wire::encode(Body::Pong(n))).await;
+            }
+            Body::Pong(_) | Body::Hello(_) => {}
+            Body::Bye(_) => return,
+            Body::Error(e) => {
+                tracing::warn!(peer = %peer_addr, "peer error: {}", e.message);
+                return;
+            }
+            other => {
+                refuse_with(
+                    server,
+                    otx,
+                    peer_addr,
+                    None,
+                    ErrorCode::Protocol,
+                    format!("a sender does not send {}", body_name(&other)),
+                )
+                .await;
+                return;
+            }
+        }
+    }
+}
+
+fn libc_enospc() -> i32 {
+    nix::errno::Errno::ENOSPC as i32
+}
+
+/// A body's name, for messages.
+pub fn body_name(b: &Body) -> &'static str {
+    match b {
+        Body::Hello(_) => "Hello",
+        Body::Offer(_) => "Offer",
+        Body::Reload(_) => "Reload",
+        Body::Accept(_) => "Accept",
+        Body::Reject(_) => "Reject",
+        Body::Data(_) => "Data",
+        Body::Ack(_) => "Ack",
+        Body::Checkpoint(_) => "Checkpoint",
+        Body::Complete(_) => "Complete",
+        Body::Verdict(_) => "Verdict",
+        Body::Error(_) => "Error",
+        Body::Ping(_) => "Ping",
+        Body::Pong(_) => "Pong",
+        Body::Bye(_) => "Bye",
+    }
+}
+
+/// The directory a receiver writes into, as given (for messages).
+pub fn describe_dir(p: &Path) -> String {
+    p.display().to_string()
+}

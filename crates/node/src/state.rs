@@ -1,0 +1,84 @@
+//! A node's state directory: the SQLite DB and its identity.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use gateway_store::Store;
+
+use crate::NodeError;
+
+/// The state directory used when neither `--state` nor `GATEWAY_STATE` is given:
+/// `$XDG_STATE_HOME/gateway` (usually `~/.local/state/gateway`).
+pub fn default_state_dir() -> PathBuf {
+    dirs::state_dir()
+        .or_else(|| dirs::home_dir().map(|h| h.join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("gateway")
+}
+
+/// An opened state directory.
+#[derive(Clone)]
+pub struct NodeState {
+    /// Where it lives.
+    pub dir: PathBuf,
+    store: Arc<Mutex<Store>>,
+    /// This node's id (random until node keys exist), stable across runs.
+    pub node_id: String,
+    /// This node's name (the host name).
+    pub name: String,
+}
+
+impl std::fmt::Debug for NodeState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeState")
+            .field("dir", &self.dir)
+            .field("node_id", &self.node_id)
+            .finish()
+    }
+}
+
+impl NodeState {
+    /// Opens (creating if needed, mode 0700) the state dir and its DB.
+    pub fn open(dir: &Path) -> Result<Self, NodeError> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| NodeError::io(format!("cannot create state dir {}", dir.display()), e))?;
+        let store = Store::open(&dir.join("gateway.db"))?;
+        let node_id = match store.meta_get("node_id")? {
+            Some(id) => id,
+            None => {
+                let mut b = [0u8; 10];
+                getrandom::fill(&mut b).map_err(|e| NodeError::Other(e.to_string()))?;
+                let id = hex::encode(b);
+                store.meta_set("node_id", &id)?;
+                id
+            }
+        };
+        let name = nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "gateway".into());
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            store: Arc::new(Mutex::new(store)),
+            node_id,
+            name,
+        })
+    }
+
+    /// The DB (one writer connection).
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        self.store.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Milliseconds since the Unix epoch (for records; the engines use `Instant`).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
