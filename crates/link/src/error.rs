@@ -91,7 +91,7 @@ pub enum SelectorError {
     },
     /// The scheme part is empty or has characters other than a-z, 0-9, '+', '-', '.'.
     #[error(
-        "'{input}' has a bad scheme '{scheme}'; a scheme is lowercase letters and digits, e.g. tcp, serial, usb, mock"
+        "'{input}' does not start with a scheme ('{scheme}' is not one); write it as scheme:address, e.g. tcp:192.168.1.7:7878, with a scheme of letters and digits like tcp, serial, usb, mock"
     )]
     BadScheme {
         /// The string as given.

@@ -258,7 +258,7 @@ mod tests {
         let e = Selector::parse("localhost").unwrap_err().to_string();
         assert!(e.contains("scheme:address"), "{e}");
         let e = Selector::parse(":foo").unwrap_err().to_string();
-        assert!(e.contains("bad scheme"), "{e}");
+        assert!(e.contains("not start with a scheme"), "{e}");
         let e = Selector::parse("mock:a?x=1&x=2").unwrap_err().to_string();
         assert!(e.contains("twice") && e.contains("?key=value"), "{e}");
         let e = Selector::parse("mock:a?loss=lots")
