@@ -301,3 +301,122 @@ impl Receiver {
         self.geo.bytes_of(&self.durable)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::EngineError;
+
+    fn rx(size: u64) -> Receiver {
+        Receiver::new(
+            RecvMeta {
+                transfer_id: [1; 16],
+                size,
+                chunk_size: 100,
+            },
+            RangeSet::new(),
+            Config::default(),
+            Instant::now(),
+        )
+    }
+
+    const H: Hash = [5; 32];
+
+    #[test]
+    fn data_past_the_end_is_refused() {
+        let mut r = rx(250);
+        let e = r.handle_data(200, 100, Some(&H), &H).unwrap_err();
+        assert!(matches!(e, EngineError::OutOfBounds { .. }), "{e}");
+        let e = r.handle_data(u64::MAX - 10, 50, Some(&H), &H).unwrap_err();
+        assert!(matches!(e, EngineError::OutOfBounds { .. }), "{e}");
+    }
+
+    #[test]
+    fn misaligned_or_wrong_length_data_is_refused() {
+        let mut r = rx(250);
+        assert!(matches!(
+            r.handle_data(50, 100, Some(&H), &H),
+            Err(EngineError::Misaligned { .. })
+        ));
+        assert!(matches!(
+            r.handle_data(0, 99, Some(&H), &H),
+            Err(EngineError::WrongChunkLength { .. })
+        ));
+        // The short last chunk must be exactly its length.
+        assert!(r.handle_data(200, 50, Some(&H), &H).is_ok());
+    }
+
+    #[test]
+    fn data_without_or_against_its_hash_is_refused() {
+        let mut r = rx(250);
+        assert!(matches!(
+            r.handle_data(0, 100, None, &H),
+            Err(EngineError::MissingChunkHash { index: 0 })
+        ));
+        assert!(matches!(
+            r.handle_data(0, 100, Some(&[6; 32]), &H),
+            Err(EngineError::ChunkHashMismatch { index: 0 })
+        ));
+    }
+
+    #[test]
+    fn a_duplicate_chunk_is_acked_but_not_written_twice() {
+        let mut r = rx(250);
+        let DataAction::Write(c) = r.handle_data(0, 100, Some(&H), &H).unwrap() else {
+            panic!("first copy must be written");
+        };
+        r.on_written(c, H);
+        assert!(matches!(
+            r.handle_data(0, 100, Some(&H), &H).unwrap(),
+            DataAction::AckOnly(_)
+        ));
+    }
+
+    #[test]
+    fn chunks_become_durable_only_when_the_glue_says_the_sync_is_done() {
+        let mut r = rx(250);
+        let t0 = Instant::now();
+        for off in [0, 100] {
+            let DataAction::Write(c) = r.handle_data(off, 100, Some(&H), &H).unwrap() else {
+                panic!()
+            };
+            r.on_written(c, H);
+        }
+        assert!(r.poll_checkpoint(t0).is_none(), "not due yet");
+        let job = r
+            .poll_checkpoint(t0 + Config::default().checkpoint_interval)
+            .expect("due by time");
+        assert_eq!(job.chunks.count(), 2);
+        assert_eq!(job.hashes.len(), 2);
+        assert!(r.durable().is_empty(), "durable before the sync finished");
+        // While the job runs no second job starts.
+        assert!(r.take_checkpoint(t0).is_none());
+        let ck = r.on_durable(&job);
+        assert_eq!(ck.durable, vec![Range { start: 0, end: 2 }]);
+    }
+
+    #[test]
+    fn a_failed_sync_claims_nothing_and_the_verdict_asks_again() {
+        let mut r = rx(100);
+        let DataAction::Write(c) = r.handle_data(0, 100, Some(&H), &H).unwrap() else {
+            panic!()
+        };
+        r.on_written(c, H);
+        let job = r.take_checkpoint(Instant::now()).unwrap();
+        r.on_sync_failed(&job);
+        assert!(r.durable().is_empty());
+        let fin = r
+            .handle_complete(
+                &Complete {
+                    transfer_id: [1; 16],
+                    file_hash: H,
+                },
+                Instant::now(),
+            )
+            .unwrap();
+        assert!(fin.sync.chunks.is_empty());
+        let v = r.verdict(&H, &RangeSet::new());
+        assert!(!v.ok);
+        assert_eq!(v.bad_chunks, vec![Range { start: 0, end: 1 }]);
+    }
+}

@@ -598,3 +598,136 @@ impl Sender {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tx() -> Sender {
+        Sender::new(
+            FileMeta {
+                transfer_id: [1; 16],
+                name: "f".into(),
+                size: 1000,
+                mtime_ns: 0,
+                mode: 0o644,
+                chunk_size: 100,
+            },
+            Config {
+                link_window_bytes: 300,
+                ..Config::default()
+            },
+        )
+    }
+
+    fn accept_all_missing(s: &mut Sender) {
+        s.handle_accept(&Accept {
+            transfer_id: [1; 16],
+            have: vec![],
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn accept_ranges_past_the_file_are_refused() {
+        let mut s = tx();
+        let e = s
+            .handle_accept(&Accept {
+                transfer_id: [1; 16],
+                have: vec![Range { start: 5, end: 11 }],
+            })
+            .unwrap_err();
+        assert!(matches!(e, EngineError::Proto(_)), "{e}");
+    }
+
+    #[test]
+    fn acks_for_chunks_past_the_end_are_refused() {
+        let mut s = tx();
+        accept_all_missing(&mut s);
+        assert!(s.handle_ack(0, &[Range { start: 9, end: 12 }]).is_err());
+    }
+
+    #[test]
+    fn a_link_never_exceeds_its_window() {
+        let mut s = tx();
+        accept_all_missing(&mut s);
+        s.link_up(0);
+        let now = Instant::now();
+        let got: Vec<_> = std::iter::from_fn(|| s.poll_chunk(0, now)).collect();
+        assert_eq!(got.len(), 3, "window of 300 bytes holds three 100-byte chunks");
+        s.handle_ack(0, &[Range { start: 0, end: 1 }]).unwrap();
+        assert_eq!(s.poll_chunk(0, now).map(|c| c.index), Some(3));
+    }
+
+    #[test]
+    fn an_idle_link_duplicates_the_oldest_chunk_in_flight_elsewhere() {
+        let mut s = tx();
+        accept_all_missing(&mut s);
+        s.link_up(0);
+        s.link_up(1);
+        let t0 = Instant::now();
+        // Link 0 takes everything it can; link 1 drains the rest.
+        while s.poll_chunk(0, t0).is_some() {}
+        while s.poll_chunk(1, t0).is_some() {
+            let c = s.links[&1].inflight.keys().copied().collect::<Vec<_>>();
+            s.handle_ack(1, &[Range { start: c[0], end: c[0] + 1 }]).unwrap();
+        }
+        // Too early to duplicate.
+        assert_eq!(s.poll_chunk(1, t0), None);
+        let later = t0 + Config::default().tail_duplicate_after;
+        let dup = s.poll_chunk(1, later).expect("a tail duplicate");
+        assert_eq!(dup.index, 0, "the oldest chunk on link 0");
+        // First copy wins: the ack over link 1 frees link 0's window too.
+        s.handle_ack(1, &[Range { start: 0, end: 1 }]).unwrap();
+        assert!(!s.links[&0].inflight.contains_key(&0));
+    }
+
+    #[test]
+    fn a_dead_link_gives_its_chunks_back_and_signals_error() {
+        let mut s = tx();
+        accept_all_missing(&mut s);
+        s.link_up(0);
+        let now = Instant::now();
+        while s.poll_chunk(0, now).is_some() {}
+        s.link_down(0, "cable pulled", now);
+        match s.poll_event() {
+            Some(Event::Signal(Signal::Error { link: 0, requeued, .. })) => {
+                assert_eq!(requeued, vec![0, 1, 2]);
+            }
+            other => panic!("expected ERROR for link 0, got {other:?}"),
+        }
+        s.handle_timeout(now + Config::default().retry_interval);
+        assert_eq!(s.poll_event(), Some(Event::RetryLink(0)));
+    }
+
+    #[test]
+    fn a_rejoin_requeues_chunks_the_receiver_lost() {
+        let mut s = tx();
+        accept_all_missing(&mut s);
+        s.link_up(0);
+        let now = Instant::now();
+        while s.poll_chunk(0, now).is_some() {}
+        s.handle_ack(0, &[Range { start: 0, end: 3 }]).unwrap();
+        // The receiver restarted and only chunk 0 had been made durable.
+        s.handle_rejoin(&Accept {
+            transfer_id: [1; 16],
+            have: vec![Range { start: 0, end: 1 }],
+        })
+        .unwrap();
+        assert_eq!(s.progress().acked_bytes, 100);
+        let next: Vec<u64> = std::iter::from_fn(|| s.poll_chunk(0, now).map(|c| c.index)).collect();
+        assert_eq!(next, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn complete_waits_for_every_ack_and_the_hash() {
+        let mut s = tx();
+        accept_all_missing(&mut s);
+        s.handle_ack(0, &[Range { start: 0, end: 10 }]).unwrap();
+        assert!(s.poll_complete().is_none(), "no hash yet");
+        s.set_file_hash([3; 32]);
+        let c = s.poll_complete().expect("complete");
+        assert_eq!(c.file_hash, [3; 32]);
+        assert!(s.poll_complete().is_none(), "only once");
+    }
+}
