@@ -17,6 +17,6 @@ pub const NOT_BUILT: &[(&str, &str)] = &[
 /// A registry with every driver of this build (mock links are always there).
 pub fn default_registry() -> Registry {
     let mut reg = Registry::new();
-    // TMP reg.register(Arc::new(gateway_tcp::TcpDriver::default()));
+    reg.register(Arc::new(gateway_tcp::TcpDriver::default()));
     reg
 }
