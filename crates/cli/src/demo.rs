@@ -83,7 +83,8 @@ pub(crate) async fn run(o: DemoOptions) -> Result<std::process::ExitCode> {
         to.len()
     ));
 
-    let report = send_with_progress(sender_state, reg, src.clone(), to, o.quiet || o.json, None).await;
+    let report =
+        send_with_progress(sender_state, reg, src.clone(), to, o.quiet || o.json, None).await;
     server.shutdown().await?;
     let report = report?;
 
@@ -117,8 +118,8 @@ pub(crate) async fn run(o: DemoOptions) -> Result<std::process::ExitCode> {
 
 /// Writes `size` bytes of incompressible data (BLAKE3 in XOF mode) to `path`.
 fn generate(path: &Path, size: u64) -> Result<()> {
-    let f = std::fs::File::create(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+    let f =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
     let mut xof = blake3::Hasher::new()
         .update(b"gateway demo data")

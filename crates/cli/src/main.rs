@@ -128,6 +128,7 @@ fn init_tracing(verbose: u8, quiet: bool) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -174,23 +175,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             rates,
             keep,
             json,
-        } => demo::run(demo::DemoOptions {
-            size: parse_size(&size)?,
-            links,
-            rates,
-            keep,
-            json,
-            quiet,
-        })
-        .await,
+        } => {
+            demo::run(demo::DemoOptions {
+                size: parse_size(&size)?,
+                links,
+                rates,
+                keep,
+                json,
+                quiet,
+            })
+            .await
+        }
     }
 }
 
 fn open_state(dir: &std::path::Path) -> Result<NodeState> {
-    NodeState::open(dir).with_context(|| format!("cannot open the state directory {}", dir.display()))
+    NodeState::open(dir)
+        .with_context(|| format!("cannot open the state directory {}", dir.display()))
 }
 
-async fn serve(state_dir: &std::path::Path, dir: PathBuf, listen: Vec<String>, quiet: bool) -> Result<ExitCode> {
+async fn serve(
+    state_dir: &std::path::Path,
+    dir: PathBuf,
+    listen: Vec<String>,
+    quiet: bool,
+) -> Result<ExitCode> {
     let state = open_state(state_dir)?;
     let reg = Arc::new(gateway_node::registry::default_registry());
     let mut handle = gateway_node::serve::start(
@@ -301,15 +310,19 @@ async fn links(json: bool) -> Result<ExitCode> {
     for d in reg.drivers() {
         let adapters = d.probe().await;
         if adapters.is_empty() {
-            rows.push(serde_json::json!({"scheme": d.scheme(), "adapter": "-", "usable": false,
-                "detail": format!("{} — no adapter found", d.describe())}));
+            rows.push(
+                serde_json::json!({"scheme": d.scheme(), "adapter": "-", "usable": false,
+                "detail": format!("{} — no adapter found", d.describe())}),
+            );
         }
         for a in adapters {
             rows.push(serde_json::json!({"scheme": a.scheme, "adapter": a.name, "usable": a.usable, "detail": a.detail}));
         }
     }
     for (scheme, why) in gateway_node::registry::NOT_BUILT {
-        rows.push(serde_json::json!({"scheme": scheme, "adapter": "-", "usable": false, "detail": why}));
+        rows.push(
+            serde_json::json!({"scheme": scheme, "adapter": "-", "usable": false, "detail": why}),
+        );
     }
     if json {
         println!("{}", serde_json::Value::Array(rows));
@@ -321,7 +334,11 @@ async fn links(json: bool) -> Result<ExitCode> {
             "{:<8} {:<24} {:<7} {}",
             r["scheme"].as_str().unwrap_or(""),
             r["adapter"].as_str().unwrap_or(""),
-            if r["usable"].as_bool().unwrap_or(false) { "yes" } else { "no" },
+            if r["usable"].as_bool().unwrap_or(false) {
+                "yes"
+            } else {
+                "no"
+            },
             r["detail"].as_str().unwrap_or("")
         );
     }
@@ -358,7 +375,10 @@ fn transfers(state_dir: &std::path::Path, json: bool) -> Result<ExitCode> {
         println!("no unfinished transfers in {}", state_dir.display());
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<10} {:<5} {:>6} {:>10} {:<8} NAME", "ID", "DIR", "DONE", "SIZE", "STATE");
+    println!(
+        "{:<10} {:<5} {:>6} {:>10} {:<8} NAME",
+        "ID", "DIR", "DONE", "SIZE", "STATE"
+    );
     for r in rows {
         println!(
             "{:<10} {:<5} {:>5.1}% {:>10} {:<8} {}",

@@ -44,7 +44,11 @@ pub(crate) async fn render(mut rx: watch::Receiver<SendProgress>) {
             }
             for (b, l) in links.iter().zip(&p.links) {
                 b.set_position(l.acked);
-                b.set_message(if l.up { String::new() } else { "down".to_string() });
+                b.set_message(if l.up {
+                    String::new()
+                } else {
+                    "down".to_string()
+                });
             }
         }
         tokio::select! {

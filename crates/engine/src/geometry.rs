@@ -75,19 +75,19 @@ impl Geometry {
                 size: self.size,
             });
         }
-        if offset % u64::from(self.chunk_size) != 0 {
+        if !offset.is_multiple_of(u64::from(self.chunk_size)) {
             return Err(EngineError::Misaligned {
                 offset,
                 chunk_size: self.chunk_size,
             });
         }
-        let chunk = self
-            .chunk(offset / u64::from(self.chunk_size))
-            .ok_or(EngineError::OutOfBounds {
-                offset,
-                len: len as u64,
-                size: self.size,
-            })?;
+        let chunk =
+            self.chunk(offset / u64::from(self.chunk_size))
+                .ok_or(EngineError::OutOfBounds {
+                    offset,
+                    len: len as u64,
+                    size: self.size,
+                })?;
         if chunk.len as usize != len {
             return Err(EngineError::WrongChunkLength {
                 index: chunk.index,

@@ -69,7 +69,12 @@ pub fn decide(signal: &Signal, cfg: &Config, now: Instant) -> Vec<Action> {
         ],
         Signal::Complete { ok: true } => vec![Action::DeleteRecords],
         Signal::Complete { ok: false } => vec![Action::KeepRecords, Action::Exit],
-        Signal::UserStop => vec![Action::SaveFrame { signal: "USER_STOP" }, Action::Exit],
+        Signal::UserStop => vec![
+            Action::SaveFrame {
+                signal: "USER_STOP",
+            },
+            Action::Exit,
+        ],
     }
 }
 
@@ -119,7 +124,12 @@ mod tests {
         let acts = decide(&Signal::UserStop, &Config::default(), Instant::now());
         assert_eq!(
             acts,
-            vec![Action::SaveFrame { signal: "USER_STOP" }, Action::Exit]
+            vec![
+                Action::SaveFrame {
+                    signal: "USER_STOP"
+                },
+                Action::Exit
+            ]
         );
     }
 

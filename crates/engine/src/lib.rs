@@ -16,7 +16,7 @@ mod sender;
 
 pub use config::Config;
 pub use geometry::{ChunkRef, Geometry};
-pub use receiver::{DataAction, Finish, RecvMeta, RecvPhase, Receiver, SyncJob};
+pub use receiver::{DataAction, Finish, Receiver, RecvMeta, RecvPhase, SyncJob};
 pub use sender::{Event, FileMeta, LinkStats, Phase, Progress, Sender};
 
 /// The glue's name for one link of a transfer.

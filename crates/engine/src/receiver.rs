@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use gateway_proto::{Accept, Ack, Checkpoint, Complete, Hash, Range, RangeSet, TransferId, Verdict};
+use gateway_proto::{
+    Accept, Ack, Checkpoint, Complete, Hash, Range, RangeSet, TransferId, Verdict,
+};
 
 use crate::geometry::{ChunkRef, Geometry};
 use crate::{Config, EngineError};

@@ -10,7 +10,9 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
 
-use gateway_proto::{Accept, Complete, Hash, Offer, Range, RangeSet, Reject, Reload, TransferId, Verdict};
+use gateway_proto::{
+    Accept, Complete, Hash, Offer, Range, RangeSet, Reject, Reload, TransferId, Verdict,
+};
 
 use crate::geometry::{ChunkRef, Geometry};
 use crate::ihs::Signal;
@@ -274,10 +276,10 @@ impl Sender {
 
     /// The glue could not reopen `link`; try again after `retry_interval`.
     pub fn link_retry_failed(&mut self, link: LinkId, now: Instant) {
-        if let Some(st) = self.links.get_mut(&link) {
-            if !st.up {
-                st.retry_at = Some(now + self.cfg.retry_interval);
-            }
+        if let Some(st) = self.links.get_mut(&link)
+            && !st.up
+        {
+            st.retry_at = Some(now + self.cfg.retry_interval);
         }
     }
 
@@ -309,7 +311,8 @@ impl Sender {
             return None;
         }
         // Always allow one chunk in flight, even when a chunk exceeds the window.
-        let room = |len: u32| st.inflight.is_empty() || st.inflight_bytes + u64::from(len) <= window;
+        let room =
+            |len: u32| st.inflight.is_empty() || st.inflight_bytes + u64::from(len) <= window;
         let next = if let Some(first) = self.pending.ranges().first() {
             let chunk = self.geo.chunk(first.start)?;
             if !room(chunk.len) {
@@ -388,12 +391,11 @@ impl Sender {
     /// The writer could not put a chunk on its link (the link is going down):
     /// the chunk goes back to the queue. Call before [`Sender::link_down`].
     pub fn unsent(&mut self, link: LinkId, idx: u64) {
-        if let Some(st) = self.links.get_mut(&link) {
-            if st.inflight.remove(&idx).is_some() {
-                if let Some(c) = self.geo.chunk(idx) {
-                    st.inflight_bytes = st.inflight_bytes.saturating_sub(u64::from(c.len));
-                }
-            }
+        if let Some(st) = self.links.get_mut(&link)
+            && st.inflight.remove(&idx).is_some()
+            && let Some(c) = self.geo.chunk(idx)
+        {
+            st.inflight_bytes = st.inflight_bytes.saturating_sub(u64::from(c.len));
         }
         self.drop_copy(idx, link);
     }
@@ -413,10 +415,10 @@ impl Sender {
             // First copy wins: every copy stops counting against its link's window.
             if let Some(carriers) = self.copies.remove(&idx) {
                 for l in carriers {
-                    if let Some(st) = self.links.get_mut(&l) {
-                        if st.inflight.remove(&idx).is_some() {
-                            st.inflight_bytes = st.inflight_bytes.saturating_sub(len);
-                        }
+                    if let Some(st) = self.links.get_mut(&l)
+                        && st.inflight.remove(&idx).is_some()
+                    {
+                        st.inflight_bytes = st.inflight_bytes.saturating_sub(len);
                     }
                 }
             }
@@ -523,11 +525,12 @@ impl Sender {
             self.unsent(link, idx);
         }
         for (&id, st) in &mut self.links {
-            if let Some(at) = st.retry_at {
-                if at <= now && !st.up {
-                    st.retry_at = None;
-                    self.events.push_back(Event::RetryLink(id));
-                }
+            if let Some(at) = st.retry_at
+                && at <= now
+                && !st.up
+            {
+                st.retry_at = None;
+                self.events.push_back(Event::RetryLink(id));
             }
         }
     }
@@ -654,7 +657,11 @@ mod tests {
         s.link_up(0);
         let now = Instant::now();
         let got: Vec<_> = std::iter::from_fn(|| s.poll_chunk(0, now)).collect();
-        assert_eq!(got.len(), 3, "window of 300 bytes holds three 100-byte chunks");
+        assert_eq!(
+            got.len(),
+            3,
+            "window of 300 bytes holds three 100-byte chunks"
+        );
         s.handle_ack(0, &[Range { start: 0, end: 1 }]).unwrap();
         assert_eq!(s.poll_chunk(0, now).map(|c| c.index), Some(3));
     }
@@ -670,7 +677,14 @@ mod tests {
         while s.poll_chunk(0, t0).is_some() {}
         while s.poll_chunk(1, t0).is_some() {
             let c = s.links[&1].inflight.keys().copied().collect::<Vec<_>>();
-            s.handle_ack(1, &[Range { start: c[0], end: c[0] + 1 }]).unwrap();
+            s.handle_ack(
+                1,
+                &[Range {
+                    start: c[0],
+                    end: c[0] + 1,
+                }],
+            )
+            .unwrap();
         }
         // Too early to duplicate.
         assert_eq!(s.poll_chunk(1, t0), None);
@@ -691,7 +705,9 @@ mod tests {
         while s.poll_chunk(0, now).is_some() {}
         s.link_down(0, "cable pulled", now);
         match s.poll_event() {
-            Some(Event::Signal(Signal::Error { link: 0, requeued, .. })) => {
+            Some(Event::Signal(Signal::Error {
+                link: 0, requeued, ..
+            })) => {
                 assert_eq!(requeued, vec![0, 1, 2]);
             }
             other => panic!("expected ERROR for link 0, got {other:?}"),

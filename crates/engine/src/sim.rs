@@ -12,7 +12,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::ihs::Signal;
 use crate::{
-    Config, DataAction, Event, FileMeta, LinkId, Phase, RecvMeta, RecvPhase, Receiver, Sender,
+    Config, DataAction, Event, FileMeta, LinkId, Phase, Receiver, RecvMeta, RecvPhase, Sender,
 };
 
 /// A toy 256-bit hash for the simulation (the node uses BLAKE3).
@@ -164,12 +164,13 @@ impl Sim {
             // Links pull work while their windows have room.
             for (i, l) in self.links.iter().enumerate() {
                 let id = i as LinkId;
-                while alive[i] {
-                    let Some(c) = sender.poll_chunk(id, inst) else { break };
+                if !alive[i] {
+                    continue;
+                }
+                while let Some(c) = sender.poll_chunk(id, inst) {
                     let start = tx_free[i].max(now);
-                    let tx = Duration::from_nanos(
-                        u64::from(c.len) * 1_000_000_000 / l.rate_bytes_per_s,
-                    );
+                    let tx =
+                        Duration::from_nanos(u64::from(c.len) * 1_000_000_000 / l.rate_bytes_per_s);
                     tx_free[i] = start + tx;
                     if l.loss > 0.0 && rng.random_bool(l.loss) {
                         continue;
@@ -178,7 +179,10 @@ impl Sim {
                         &mut queue,
                         &mut events,
                         start + tx + l.delay,
-                        Ev::Data { link: id, idx: c.index },
+                        Ev::Data {
+                            link: id,
+                            idx: c.index,
+                        },
                     );
                 }
             }
@@ -206,14 +210,17 @@ impl Sim {
             if matches!(sender.phase(), Phase::Done | Phase::Failed(_)) {
                 break;
             }
-            if let Some(limit) = self.crash_after_durable {
-                if receiver.durable_bytes() >= limit {
-                    break;
-                }
+            if let Some(limit) = self.crash_after_durable
+                && receiver.durable_bytes() >= limit
+            {
+                break;
             }
             // Next instant: the earliest of queued events and engine timers.
             let mut next = queue.peek().map(|Reverse((t, _))| *t);
-            for t in [sender.poll_timeout(), receiver.poll_timeout()].into_iter().flatten() {
+            for t in [sender.poll_timeout(), receiver.poll_timeout()]
+                .into_iter()
+                .flatten()
+            {
                 let d = t.saturating_duration_since(t0).max(now);
                 next = Some(next.map_or(d, |n| n.min(d)));
             }
@@ -265,7 +272,13 @@ impl Sim {
                     Ev::Ack { link, idx } => {
                         if alive[link as usize] {
                             sender
-                                .handle_ack(link, &[gateway_proto::Range { start: idx, end: idx + 1 }])
+                                .handle_ack(
+                                    link,
+                                    &[gateway_proto::Range {
+                                        start: idx,
+                                        end: idx + 1,
+                                    }],
+                                )
                                 .unwrap();
                         }
                     }
@@ -294,13 +307,13 @@ impl Sim {
                 }
             }
             sender.handle_timeout(inst);
-            if receiver.phase() == RecvPhase::Receiving {
-                if let Some(job) = receiver.poll_checkpoint(inst) {
-                    // fdatasync + DB commit are instant here; the order is what matters.
-                    let ck = receiver.on_durable(&job);
-                    let d = self.fastest_alive_delay(&alive);
-                    push(&mut queue, &mut events, now + d, Ev::Checkpoint(ck.durable));
-                }
+            if receiver.phase() == RecvPhase::Receiving
+                && let Some(job) = receiver.poll_checkpoint(inst)
+            {
+                // fdatasync + DB commit are instant here; the order is what matters.
+                let ck = receiver.on_durable(&job);
+                let d = self.fastest_alive_delay(&alive);
+                push(&mut queue, &mut events, now + d, Ev::Checkpoint(ck.durable));
             }
         }
         let per_link_acked = (0..self.links.len() as LinkId)
@@ -336,10 +349,16 @@ const MB: u64 = 1_000_000;
 
 #[test]
 fn two_links_of_different_rates_deliver_the_file_and_share_by_rate() {
-    let sim = Sim::new(8 << 20, vec![SimLink::new(40 * MB, 1), SimLink::new(10 * MB, 1)]);
+    let sim = Sim::new(
+        8 << 20,
+        vec![SimLink::new(40 * MB, 1), SimLink::new(10 * MB, 1)],
+    );
     let out = sim.run();
     assert!(out.done, "transfer did not finish: {:?}", out.phase);
-    assert_eq!(out.received, sim.file, "received bytes differ from the source");
+    assert_eq!(
+        out.received, sim.file,
+        "received bytes differ from the source"
+    );
     let fast = out.per_link_acked[&0] as f64;
     let slow = out.per_link_acked[&1] as f64;
     let share = fast / (fast + slow);
@@ -354,7 +373,11 @@ fn two_links_of_different_rates_deliver_the_file_and_share_by_rate() {
 fn striping_is_faster_than_the_fastest_link_alone() {
     let size = 16 << 20;
     let alone = Sim::new(size, vec![SimLink::new(40 * MB, 2)]).run();
-    let both = Sim::new(size, vec![SimLink::new(40 * MB, 2), SimLink::new(20 * MB, 2)]).run();
+    let both = Sim::new(
+        size,
+        vec![SimLink::new(40 * MB, 2), SimLink::new(20 * MB, 2)],
+    )
+    .run();
     assert!(alone.done && both.done);
     assert!(
         both.elapsed < alone.elapsed,
@@ -370,7 +393,11 @@ fn a_very_slow_link_does_not_hold_the_tail_hostage() {
     let alone = Sim::new(size, vec![SimLink::new(50 * MB, 1)]).run();
     // A 100x slower link with a long delay joins: tail duplication must keep
     // the finish close to the fast link's own time.
-    let both = Sim::new(size, vec![SimLink::new(50 * MB, 1), SimLink::new(MB / 2, 200)]).run();
+    let both = Sim::new(
+        size,
+        vec![SimLink::new(50 * MB, 1), SimLink::new(MB / 2, 200)],
+    )
+    .run();
     assert!(both.done);
     assert_eq!(both.received, Sim::new(size, vec![]).file);
     assert!(
@@ -394,11 +421,19 @@ fn link_death_requeues_its_chunks_and_the_other_link_finishes() {
         .iter()
         .filter(|s| matches!(s, Signal::Error { link: 1, .. }))
         .collect();
-    assert_eq!(errors.len(), 1, "expected one ERROR for link 1, got {:?}", out.signals);
+    assert_eq!(
+        errors.len(),
+        1,
+        "expected one ERROR for link 1, got {:?}",
+        out.signals
+    );
     if let Signal::Error { requeued, .. } = errors[0] {
         assert!(!requeued.is_empty(), "the dead link had chunks in flight");
     }
-    assert!(matches!(out.signals.last(), Some(Signal::Complete { ok: true })));
+    assert!(matches!(
+        out.signals.last(),
+        Some(Signal::Complete { ok: true })
+    ));
 }
 
 #[test]
@@ -428,13 +463,20 @@ fn all_links_dead_pauses_with_state_saved() {
     };
     let out = sim.run();
     assert!(!out.done);
-    assert!(!out.durable.is_empty(), "some chunks were made durable before the death");
+    assert!(
+        !out.durable.is_empty(),
+        "some chunks were made durable before the death"
+    );
     // What the receiver calls durable is exactly what it has on disk.
     let geo = crate::Geometry::new(sim.file.len() as u64, sim.cfg.chunk_size_bytes);
     for idx in out.durable.iter() {
         let c = geo.chunk(idx).unwrap();
         let r = c.offset as usize..c.offset as usize + c.len as usize;
-        assert_eq!(out.received[r.clone()], sim.file[r], "durable chunk {idx} differs");
+        assert_eq!(
+            out.received[r.clone()],
+            sim.file[r],
+            "durable chunk {idx} differs"
+        );
     }
 }
 
@@ -474,7 +516,10 @@ fn resume_sends_only_what_was_not_durable() {
     let size = 8 << 20;
     let first = Sim {
         crash_after_durable: Some(3 << 20),
-        ..Sim::new(size, vec![SimLink::new(10 * MB, 1), SimLink::new(10 * MB, 1)])
+        ..Sim::new(
+            size,
+            vec![SimLink::new(10 * MB, 1), SimLink::new(10 * MB, 1)],
+        )
     }
     .run();
     assert!(!first.done);
@@ -507,5 +552,9 @@ fn a_chunk_corrupted_on_disk_is_resent_alone_after_the_verdict() {
     assert!(out.done, "{:?}", out.phase);
     assert_eq!(out.received, sim.file);
     let sent: u64 = out.per_link_sent.values().sum();
-    assert_eq!(sent, (4 << 20) + (64 << 10), "expected exactly one chunk re-sent");
+    assert_eq!(
+        sent,
+        (4 << 20) + (64 << 10),
+        "expected exactly one chunk re-sent"
+    );
 }

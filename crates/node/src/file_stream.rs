@@ -238,7 +238,8 @@ impl FileStream {
         };
         let Some(job) = job else { return Ok(()) };
         let ck = self.make_durable(job).await?;
-        self.send_to_newest(gateway_proto::Body::Checkpoint(ck)).await;
+        self.send_to_newest(gateway_proto::Body::Checkpoint(ck))
+            .await;
         Ok(())
     }
 
@@ -250,9 +251,12 @@ impl FileStream {
             this.file
                 .sync_data()
                 .map_err(|e| NodeError::io(format!("fdatasync {}", this.part_path.display()), e))?;
-            this.state
-                .store()
-                .commit_durable(&this.id, Direction::Recv, &job2.chunks, &job2.hashes)?;
+            this.state.store().commit_durable(
+                &this.id,
+                Direction::Recv,
+                &job2.chunks,
+                &job2.hashes,
+            )?;
             Ok(())
         })
         .await
@@ -301,11 +305,13 @@ impl FileStream {
         } else {
             self.engine().on_durable(&fin.sync);
         }
+        tracing::info!(name = %self.name, "final sync done; hashing the file on disk");
         let this = self.clone();
         let (whole, bad) = tokio::task::spawn_blocking(move || this.hash_on_disk())
             .await
             .map_err(|e| NodeError::Other(format!("hash task failed: {e}")))??;
         let verdict = self.engine().verdict(&whole, &bad);
+        tracing::info!(name = %self.name, ok = verdict.ok, "verdict");
         if !verdict.ok {
             let bad = RangeSet::from_ranges(&verdict.bad_chunks, u64::MAX)
                 .map_err(|e| NodeError::Other(e.to_string()))?;
@@ -368,7 +374,9 @@ impl FileStream {
         if let Ok(d) = File::open(&self.dir) {
             let _ = d.sync_all();
         }
-        self.state.store().delete_transfer(&self.id, Direction::Recv)?;
+        self.state
+            .store()
+            .delete_transfer(&self.id, Direction::Recv)?;
         Ok(target)
     }
 
@@ -408,7 +416,12 @@ pub(crate) fn rename_no_clobber(from: &Path, dir: &Path, name: &str) -> Result<P
                         return Ok(candidate);
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(NodeError::io(format!("rename to {}", candidate.display()), e)),
+                    Err(e) => {
+                        return Err(NodeError::io(
+                            format!("rename to {}", candidate.display()),
+                            e,
+                        ));
+                    }
                 }
             }
             Err(e) => {
@@ -419,5 +432,8 @@ pub(crate) fn rename_no_clobber(from: &Path, dir: &Path, name: &str) -> Result<P
             }
         }
     }
-    Err(NodeError::Other(format!("no free name for {name} in {}", dir.display())))
+    Err(NodeError::Other(format!(
+        "no free name for {name} in {}",
+        dir.display()
+    )))
 }

@@ -6,17 +6,32 @@ use gateway_link::Registry;
 
 /// Transports planned but not in this build, for `gateway links`.
 pub const NOT_BUILT: &[(&str, &str)] = &[
-    ("serial", "serial lines, CDC-ACM gadgets, PTYs — driver not in this build yet"),
-    ("usb", "USB bulk endpoints (host side) — driver not in this build yet"),
-    ("ffs", "USB FunctionFS gadget — driver not in this build yet"),
-    ("rfcomm", "Bluetooth RFCOMM via BlueZ — driver not in this build yet"),
-    ("l2cap", "Bluetooth L2CAP via BlueZ — driver not in this build yet"),
+    (
+        "serial",
+        "serial lines, CDC-ACM gadgets, PTYs — driver not in this build yet",
+    ),
+    (
+        "usb",
+        "USB bulk endpoints (host side) — driver not in this build yet",
+    ),
+    (
+        "ffs",
+        "USB FunctionFS gadget — driver not in this build yet",
+    ),
+    (
+        "rfcomm",
+        "Bluetooth RFCOMM via BlueZ — driver not in this build yet",
+    ),
+    (
+        "l2cap",
+        "Bluetooth L2CAP via BlueZ — driver not in this build yet",
+    ),
     ("ble", "Bluetooth Low Energy — driver not in this build yet"),
 ];
 
 /// A registry with every driver of this build (mock links are always there).
 pub fn default_registry() -> Registry {
     let mut reg = Registry::new();
-    reg.register(Arc::new(gateway_tcp::TcpDriver::default()));
+    reg.register(Arc::new(gateway_tcp::TcpDriver));
     reg
 }

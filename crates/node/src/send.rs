@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use gateway_engine::{Event, FileMeta, LinkId, Phase, Sender};
 use gateway_engine::ihs::{self, Action, Signal};
+use gateway_engine::{Event, FileMeta, LinkId, Phase, Sender};
 use gateway_link::{FrameRx, FrameTx, Registry};
 use gateway_proto::{Body, ErrorCode, Frame, Hash, RangeSet, TransferId};
 use gateway_store::{Direction, LinkStat, TransferRecord, TransferState};
@@ -119,7 +119,11 @@ impl Shared {
 
 enum Internal {
     /// A link's reader or writer failed.
-    Down { link: LinkId, generation: u64, reason: String },
+    Down {
+        link: LinkId,
+        generation: u64,
+        reason: String,
+    },
     /// A frame the control task must handle (Verdict, Reject, Error…).
     Frame { link: LinkId, frame: Frame },
     /// A retried link is back.
@@ -134,6 +138,9 @@ struct Joined {
     rx: Box<dyn FrameRx>,
     accept: gateway_proto::Accept,
 }
+
+/// The two halves of an opened link.
+type Halves = (Box<dyn FrameTx>, Box<dyn FrameRx>);
 
 struct LinkSlot {
     generation: u64,
@@ -169,7 +176,8 @@ pub async fn send(
             "no link given: add --to SELECTOR (e.g. --to tcp:192.168.1.7:7878)".into(),
         ));
     }
-    let file = File::open(&path).map_err(|e| NodeError::io(format!("cannot open {}", path.display()), e))?;
+    let file = File::open(&path)
+        .map_err(|e| NodeError::io(format!("cannot open {}", path.display()), e))?;
     let size = md.len();
     let mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
     // Whole-file hash in the background, while the links come up and data moves.
@@ -186,9 +194,11 @@ pub async fn send(
         let sel = sel.clone();
         let ours = ours.clone();
         let cfg = cfg.clone();
-        opening.push(tokio::spawn(async move { open_and_hello(&reg, &sel, ours, &cfg).await }));
+        opening.push(tokio::spawn(async move {
+            open_and_hello(&reg, &sel, ours, &cfg).await
+        }));
     }
-    let mut conns: Vec<Option<(Box<dyn FrameTx>, Box<dyn FrameRx>)>> = Vec::new();
+    let mut conns: Vec<Option<Halves>> = Vec::new();
     let mut failures = Vec::new();
     let mut peer: Option<gateway_proto::Hello> = None;
     for (i, h) in opening.into_iter().enumerate() {
@@ -226,7 +236,10 @@ pub async fn send(
         .find_send(&peer.node_id, &canonical, size, mtime_ns)?;
     let (rec, is_new) = match existing {
         Some(r) => (r, false),
-        None => (new_record(&peer.node_id, &canonical, &name, size, mtime_ns, &md, &cfg)?, true),
+        None => (
+            new_record(&peer.node_id, &canonical, &name, size, mtime_ns, &md, &cfg)?,
+            true,
+        ),
     };
     if is_new {
         state.store().insert_transfer(&rec)?;
@@ -245,7 +258,10 @@ pub async fn send(
     let mut engine = Sender::new(meta, engine_cfg);
 
     // Negotiate on the first link that is up.
-    let first = conns.iter().position(Option::is_some).expect("one link is up");
+    let first = conns
+        .iter()
+        .position(Option::is_some)
+        .expect("one link is up");
     let (mut tx0, mut rx0) = conns[first].take().expect("checked");
     let opening_body = if is_new {
         Body::Offer(engine.offer())
@@ -253,8 +269,13 @@ pub async fn send(
         tracing::info!(parent: &span, durable = rec.durable.count(), "found in the DB: RELOAD");
         Body::Reload(engine.reload(&rec.durable))
     };
-    wire::send(&mut *tx0, opening_body).await.map_err(|e| link_err(&opts.to[first], e.into()))?;
-    let accept = match await_answer(&mut *rx0, &cfg).await.map_err(|e| link_err(&opts.to[first], e))? {
+    wire::send(&mut *tx0, opening_body)
+        .await
+        .map_err(|e| link_err(&opts.to[first], e.into()))?;
+    let accept = match await_answer(&mut *rx0, &cfg)
+        .await
+        .map_err(|e| link_err(&opts.to[first], e))?
+    {
         Body::Accept(a) => a,
         Body::Reject(r) => {
             engine.handle_reject(&r);
@@ -275,7 +296,9 @@ pub async fn send(
             )));
         }
     };
-    engine.handle_accept(&accept).map_err(|e| NodeError::Peer(e.to_string()))?;
+    engine
+        .handle_accept(&accept)
+        .map_err(|e| NodeError::Peer(e.to_string()))?;
     conns[first] = Some((tx0, rx0));
     // Every other link joins with a Reload and gets its own Accept.
     let mut joined: Vec<Option<Joined>> = Vec::new();
@@ -285,7 +308,11 @@ pub async fn send(
             continue;
         };
         if i == first {
-            joined.push(Some(Joined { tx, rx, accept: accept.clone() }));
+            joined.push(Some(Joined {
+                tx,
+                rx,
+                accept: accept.clone(),
+            }));
             continue;
         }
         match join(&mut *tx, &mut *rx, &engine, &cfg).await {
@@ -308,7 +335,12 @@ pub async fn send(
     let mut slots: Vec<LinkSlot> = Vec::new();
     let now = Instant::now();
     for (i, j) in joined.into_iter().enumerate() {
-        let mut slot = LinkSlot { generation: 0, tx: None, tasks: Vec::new(), retrying: false };
+        let mut slot = LinkSlot {
+            generation: 0,
+            tx: None,
+            tasks: Vec::new(),
+            retrying: false,
+        };
         let link = i as LinkId;
         {
             let mut e = shared.engine();
@@ -378,16 +410,15 @@ pub async fn send(
             }
         }
         // Hash ready?
-        if file_hash.is_none() {
-            if let Some(t) = &hash_task {
-                if t.is_finished() {
-                    let t = hash_task.take().expect("present");
-                    let h = t.await.map_err(|e| NodeError::Other(e.to_string()))??;
-                    file_hash = Some(h);
-                    shared.engine().set_file_hash(h);
-                    state.store().set_file_hash(&rec.id, Direction::Send, &h)?;
-                }
-            }
+        if file_hash.is_none()
+            && let Some(t) = &hash_task
+            && t.is_finished()
+        {
+            let t = hash_task.take().expect("present");
+            let h = t.await.map_err(|e| NodeError::Other(e.to_string()))??;
+            file_hash = Some(h);
+            shared.engine().set_file_hash(h);
+            state.store().set_file_hash(&rec.id, Direction::Send, &h)?;
         }
         let now = Instant::now();
         shared.engine().handle_timeout(now);
@@ -412,9 +443,13 @@ pub async fn send(
                         let reload = shared.engine().reload(&RangeSet::new());
                         let expected = peer.node_id.clone();
                         tokio::spawn(async move {
-                            let msg = match reopen(&reg, &sel, ours, &cfg, reload, &expected).await {
+                            let msg = match reopen(&reg, &sel, ours, &cfg, reload, &expected).await
+                            {
                                 Ok(conn) => Internal::Reopened { link, conn },
-                                Err(e) => Internal::RetryFailed { link, reason: e.to_string() },
+                                Err(e) => Internal::RetryFailed {
+                                    link,
+                                    reason: e.to_string(),
+                                },
                             };
                             let _ = itx.send(msg);
                         });
@@ -423,8 +458,11 @@ pub async fn send(
                 Event::Signal(sig) => {
                     for action in ihs::decide(&sig, &cfg.engine, now) {
                         match action {
-                            Action::SaveFrame { signal } => save_signal(&state, &rec.id, &shared, &sig, signal)?,
-                            Action::RetryLinkAt { .. } | Action::Continue | Action::KeepRecords => {}
+                            Action::SaveFrame { signal } => {
+                                save_signal(&state, &rec.id, &shared, &sig, signal)?
+                            }
+                            Action::RetryLinkAt { .. } | Action::Continue | Action::KeepRecords => {
+                            }
                             Action::DeleteRecords => {
                                 state.store().delete_transfer(&rec.id, Direction::Send)?;
                                 finished = Some(Ok(()));
@@ -449,19 +487,20 @@ pub async fn send(
         // Complete, once every chunk is acked and the hash is known.
         let complete = shared.engine().poll_complete();
         if let Some(c) = complete {
+            tracing::info!(parent: &span, "every chunk acked; Complete sent, waiting for the verdict");
             verify_started = Some(now);
             if !send_on_any(&slots, Body::Complete(c)).await {
                 // No link to carry it: the transfer goes back to waiting.
                 tracing::warn!("no link up to send Complete on");
             }
         }
-        if let Some(t) = verify_started {
-            if now.duration_since(t) > cfg.verdict_timeout {
-                break Err(NodeError::Paused(format!(
-                    "no verdict from the receiver within {:?}",
-                    cfg.verdict_timeout
-                )));
-            }
+        if let Some(t) = verify_started
+            && now.duration_since(t) > cfg.verdict_timeout
+        {
+            break Err(NodeError::Paused(format!(
+                "no verdict from the receiver within {:?}",
+                cfg.verdict_timeout
+            )));
         }
         // No link at all for too long: pause.
         let up = shared.engine().links_up();
@@ -513,9 +552,9 @@ fn phase_text(p: &Phase) -> String {
 
 /// Reads the file's metadata and checks that its name can travel.
 fn inspect(path: &Path) -> Result<(PathBuf, String, std::fs::Metadata), NodeError> {
-    let canonical = path.canonicalize().map_err(|e| {
-        NodeError::io(format!("cannot send {}", path.display()), e)
-    })?;
+    let canonical = path
+        .canonicalize()
+        .map_err(|e| NodeError::io(format!("cannot send {}", path.display()), e))?;
     let md = std::fs::metadata(&canonical)
         .map_err(|e| NodeError::io(format!("cannot read {}", path.display()), e))?;
     if !md.is_file() {
@@ -566,7 +605,8 @@ fn new_record(
 
 /// BLAKE3 of a whole file, read sequentially.
 pub fn hash_file(path: &Path) -> Result<Hash, NodeError> {
-    let f = File::open(path).map_err(|e| NodeError::io(format!("cannot open {}", path.display()), e))?;
+    let f = File::open(path)
+        .map_err(|e| NodeError::io(format!("cannot open {}", path.display()), e))?;
     let mut h = blake3::Hasher::new();
     h.update_reader(f)
         .map_err(|e| NodeError::io(format!("cannot read {}", path.display()), e))?;
@@ -599,7 +639,8 @@ async fn await_answer(rx: &mut dyn FrameRx, cfg: &NodeConfig) -> Result<Body, Wi
     loop {
         let f = wire::recv_within(rx, &cfg.limits, cfg.accept_timeout).await?;
         match f.body {
-            Body::Ping(_) | Body::Pong(_) | Body::Hello(_) | Body::Checkpoint(_) | Body::Ack(_) => {}
+            Body::Ping(_) | Body::Pong(_) | Body::Hello(_) | Body::Checkpoint(_) | Body::Ack(_) => {
+            }
             other => return Ok(other),
         }
     }
@@ -615,7 +656,10 @@ async fn join(
     wire::send(tx, Body::Reload(engine.reload(engine.durable())))
         .await
         .map_err(|e| NodeError::Peer(e.to_string()))?;
-    match await_answer(rx, cfg).await.map_err(|e| NodeError::Peer(e.to_string()))? {
+    match await_answer(rx, cfg)
+        .await
+        .map_err(|e| NodeError::Peer(e.to_string()))?
+    {
         Body::Accept(a) => Ok(a),
         Body::Error(e) => Err(NodeError::Peer(e.message)),
         Body::Reject(r) => Err(NodeError::Rejected(r.message)),
@@ -645,7 +689,10 @@ async fn reopen(
     wire::send(&mut *tx, Body::Reload(reload))
         .await
         .map_err(|e| NodeError::Peer(e.to_string()))?;
-    match await_answer(&mut *rx, cfg).await.map_err(|e| NodeError::Peer(e.to_string()))? {
+    match await_answer(&mut *rx, cfg)
+        .await
+        .map_err(|e| NodeError::Peer(e.to_string()))?
+    {
         Body::Accept(accept) => Ok(Joined { tx, rx, accept }),
         Body::Error(e) => Err(NodeError::Peer(e.message)),
         other => Err(NodeError::Peer(format!(
@@ -752,7 +799,11 @@ async fn reader(
             Body::Ack(a) => {
                 let r = shared.engine().handle_ack(link, &a.ranges);
                 if let Err(e) = r {
-                    let _ = itx.send(Internal::Down { link, generation, reason: format!("bad Ack: {e}") });
+                    let _ = itx.send(Internal::Down {
+                        link,
+                        generation,
+                        reason: format!("bad Ack: {e}"),
+                    });
                     return;
                 }
                 shared.wake.notify_waiters();
@@ -760,7 +811,11 @@ async fn reader(
             Body::Checkpoint(c) => {
                 let r = shared.engine().handle_checkpoint(&c.durable);
                 if let Err(e) = r {
-                    let _ = itx.send(Internal::Down { link, generation, reason: format!("bad Checkpoint: {e}") });
+                    let _ = itx.send(Internal::Down {
+                        link,
+                        generation,
+                        reason: format!("bad Checkpoint: {e}"),
+                    });
                     return;
                 }
             }
@@ -770,7 +825,11 @@ async fn reader(
                 let _ = itx.send(Internal::Frame { link, frame });
                 if is_error {
                     // The receiver drops a link after an Error frame.
-                    let _ = itx.send(Internal::Down { link, generation, reason: "receiver reported an error".into() });
+                    let _ = itx.send(Internal::Down {
+                        link,
+                        generation,
+                        reason: "receiver reported an error".into(),
+                    });
                     return;
                 }
             }
@@ -794,7 +853,9 @@ fn handle_control_frame(
             }
             if !v.ok {
                 tracing::warn!("verdict: {}; re-sending those chunks", v.message);
-                let _ = state.store().set_durable(id, Direction::Send, shared.engine().durable());
+                let _ = state
+                    .store()
+                    .set_durable(id, Direction::Send, shared.engine().durable());
                 shared.wake.notify_waiters();
             }
             None
@@ -822,7 +883,11 @@ fn save_signal(
     name: &str,
 ) -> Result<(), NodeError> {
     let meta = match sig {
-        Signal::Error { link, reason, requeued } => serde_json::json!({
+        Signal::Error {
+            link,
+            reason,
+            requeued,
+        } => serde_json::json!({
             "link": shared.selectors.get(*link as usize),
             "reason": reason,
             "requeued_chunks": requeued,
@@ -844,10 +909,10 @@ fn save_signal(
 async fn send_on_any(slots: &[LinkSlot], body: Body) -> bool {
     let frame = wire::encode(body);
     for s in slots {
-        if let Some(tx) = &s.tx {
-            if tx.lock().await.send(&frame).await.is_ok() {
-                return true;
-            }
+        if let Some(tx) = &s.tx
+            && tx.lock().await.send(&frame).await.is_ok()
+        {
+            return true;
         }
     }
     false

@@ -144,11 +144,10 @@ pub async fn start(
                     _ = stop_rx.changed() => break,
                     _ = tick.tick() => {
                         for s in server.all_streams() {
-                            if s.checkpoint_due() {
-                                if let Err(e) = s.checkpoint(false).await {
+                            if s.checkpoint_due()
+                                && let Err(e) = s.checkpoint(false).await {
                                     tracing::warn!(name = %s.name, "checkpoint failed: {e}");
                                 }
-                            }
                         }
                     }
                 }
@@ -219,7 +218,7 @@ impl Server {
     fn free_bytes(&self) -> Option<u64> {
         nix::sys::statvfs::statvfs(&self.dir)
             .ok()
-            .map(|s| s.blocks_available() as u64 * s.fragment_size() as u64)
+            .map(|s| s.blocks_available() * s.fragment_size())
     }
 
     fn on_offer(&self, offer: &Offer, peer: &str) -> Result<Body, NodeError> {
@@ -227,21 +226,21 @@ impl Server {
             return Ok(Body::Accept(s.accept()));
         }
         let needed = offer.size + self.cfg.reserve_free_bytes;
-        if let Some(free) = self.free_bytes() {
-            if free < needed {
-                return Ok(Body::Reject(Reject {
-                    transfer_id: offer.transfer_id,
-                    code: RejectCode::NoSpace,
-                    message: format!(
-                        "not enough space in {}: {} needs {} bytes (with a {}-byte reserve), {} available",
-                        self.dir.display(),
-                        offer.name,
-                        needed,
-                        self.cfg.reserve_free_bytes,
-                        free
-                    ),
-                }));
-            }
+        if let Some(free) = self.free_bytes()
+            && free < needed
+        {
+            return Ok(Body::Reject(Reject {
+                transfer_id: offer.transfer_id,
+                code: RejectCode::NoSpace,
+                message: format!(
+                    "not enough space in {}: {} needs {} bytes (with a {}-byte reserve), {} available",
+                    self.dir.display(),
+                    offer.name,
+                    needed,
+                    self.cfg.reserve_free_bytes,
+                    free
+                ),
+            }));
         }
         let s = FileStream::create(&self.state, &self.cfg, &self.dir, offer, peer)?;
         let _ = self.events.send(ServeEvent::Started {
@@ -346,7 +345,9 @@ async fn refuse(
         WireError::Link(_) => return, // nothing to tell a dead link
     };
     tracing::warn!(%peer, "dropping link: {e}");
-    let _ = otx.send(wire::encode(wire::error_body(id, code, e.to_string()))).await;
+    let _ = otx
+        .send(wire::encode(wire::error_body(id, code, e.to_string())))
+        .await;
     let _ = server.events.send(ServeEvent::Refused {
         peer: peer.to_string(),
         why: e.to_string(),
@@ -362,7 +363,9 @@ async fn refuse_with(
     msg: String,
 ) {
     tracing::warn!(%peer, "dropping link: {msg}");
-    let _ = otx.send(wire::encode(wire::error_body(id, code, msg.clone()))).await;
+    let _ = otx
+        .send(wire::encode(wire::error_body(id, code, msg.clone())))
+        .await;
     let _ = server.events.send(ServeEvent::Refused {
         peer: peer.to_string(),
         why: msg,
@@ -389,11 +392,11 @@ async fn file_loop(
         match frame.body {
             Body::Offer(offer) => match server.on_offer(&offer, peer_id) {
                 Ok(body) => {
-                    if let Body::Accept(_) = body {
-                        if let Some(s) = server.stream(&offer.transfer_id) {
-                            s.attach(otx);
-                            current = Some(s);
-                        }
+                    if let Body::Accept(_) = body
+                        && let Some(s) = server.stream(&offer.transfer_id)
+                    {
+                        s.attach(otx);
+                        current = Some(s);
                     }
                     let _ = otx.send(wire::encode(body)).await;
                 }
@@ -430,7 +433,15 @@ async fn file_loop(
                     return;
                 }
                 Err(e) => {
-                    refuse_with(server, otx, peer_addr, Some(reload.transfer_id), ErrorCode::Internal, e.to_string()).await;
+                    refuse_with(
+                        server,
+                        otx,
+                        peer_addr,
+                        Some(reload.transfer_id),
+                        ErrorCode::Internal,
+                        e.to_string(),
+                    )
+                    .await;
                     return;
                 }
             },
@@ -470,7 +481,8 @@ async fn file_loop(
                         }
                     }
                     Err(DataError::Engine(e)) => {
-                        refuse_with(server, otx, peer_addr, Some(s.id), e.code(), e.to_string()).await;
+                        refuse_with(server, otx, peer_addr, Some(s.id), e.code(), e.to_string())
+                            .await;
                         return;
                     }
                     Err(DataError::Io { path, source }) => {
@@ -497,7 +509,15 @@ async fn file_loop(
             }
             Body::Complete(c) => {
                 let Some(s) = server.load(&c.transfer_id).ok().flatten() else {
-                    refuse_with(server, otx, peer_addr, Some(c.transfer_id), ErrorCode::UnknownTransfer, "Complete for an unknown transfer".into()).await;
+                    refuse_with(
+                        server,
+                        otx,
+                        peer_addr,
+                        Some(c.transfer_id),
+                        ErrorCode::UnknownTransfer,
+                        "Complete for an unknown transfer".into(),
+                    )
+                    .await;
                     return;
                 };
                 match s.finish(&c).await {
@@ -513,13 +533,23 @@ async fn file_loop(
                             if let Some(path) = path {
                                 tracing::info!(path = %path.display(), "received");
                                 let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                                let _ = server.events.send(ServeEvent::Received { path, bytes: size });
+                                let _ = server
+                                    .events
+                                    .send(ServeEvent::Received { path, bytes: size });
                             }
                             current = None;
                         }
                     }
                     Err(e) => {
-                        refuse_with(server, otx, peer_addr, Some(c.transfer_id), ErrorCode::Io, e.to_string()).await;
+                        refuse_with(
+                            server,
+                            otx,
+                            peer_addr,
+                            Some(c.transfer_id),
+                            ErrorCode::Io,
+                            e.to_string(),
+                        )
+                        .await;
                         return;
                     }
                 }

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_link::{FrameRx, FrameTx, LinkError};
-use gateway_proto::{Body, ErrorCode, ErrorFrame, Frame, Hello, Limits, ProtoError, Stream, TransferId};
+use gateway_proto::{
+    Body, ErrorCode, ErrorFrame, Frame, Hello, Limits, ProtoError, Stream, TransferId,
+};
 
 use crate::state::NodeState;
 
@@ -63,7 +65,11 @@ pub async fn recv_within(
 }
 
 /// The Error frame to send for `err`.
-pub fn error_body(transfer_id: Option<TransferId>, code: ErrorCode, message: impl Into<String>) -> Body {
+pub fn error_body(
+    transfer_id: Option<TransferId>,
+    code: ErrorCode,
+    message: impl Into<String>,
+) -> Body {
     let mut message: String = message.into();
     message.truncate(900);
     Body::Error(ErrorFrame {
@@ -101,10 +107,9 @@ pub async fn exchange_hello(
             Body::Hello(h) => return Ok(h),
             Body::Ping(n) => send(tx, Body::Pong(n)).await?,
             Body::Error(e) => {
-                return Err(WireError::Link(LinkError::Io(std::io::Error::other(format!(
-                    "peer refused the link: {}",
-                    e.message
-                )))));
+                return Err(WireError::Link(LinkError::Io(std::io::Error::other(
+                    format!("peer refused the link: {}", e.message),
+                ))));
             }
             _ => {
                 return Err(WireError::Proto(ProtoError::Malformed(

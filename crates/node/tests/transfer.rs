@@ -102,7 +102,11 @@ async fn a_file_crosses_two_links_at_once_and_both_carry_data() {
     assert_eq!(report.verdict, "ok");
     assert_eq!(std::fs::read(pair.inbox.join("f.bin")).unwrap(), data);
     for l in &report.links {
-        assert!(l.bytes > 0, "link {} carried nothing: {report:?}", l.selector);
+        assert!(
+            l.bytes > 0,
+            "link {} carried nothing: {report:?}",
+            l.selector
+        );
     }
     assert_eq!(report.bytes_resumed, 0);
     assert_eq!(report.hash, hex::encode(blake3::hash(&data).as_bytes()));
@@ -120,7 +124,10 @@ async fn a_file_crosses_loopback_tcp() {
     let server = pair.serve(&["tcp:127.0.0.1:0", "tcp:127.0.0.1:0"]).await;
     let src = pair.outbox.join("tcp.bin");
     let data = write_file(&src, 3 << 20, 2);
-    let report = pair.send(&src, &server.local_selectors.clone()).await.unwrap();
+    let report = pair
+        .send(&src, &server.local_selectors.clone())
+        .await
+        .unwrap();
     assert_eq!(std::fs::read(pair.inbox.join("tcp.bin")).unwrap(), data);
     assert_eq!(report.links.len(), 2);
     server.shutdown().await.unwrap();
@@ -216,7 +223,10 @@ async fn user_stop_then_rerun_resumes_on_a_restarted_receiver() {
     // A new receiver on the same state and dir; the same send again.
     let server = pair.serve(&["mock:resume"]).await;
     let report = pair.send(&src, &["mock:resume".into()]).await.unwrap();
-    assert!(report.bytes_resumed >= 2 << 20, "resumed too little: {report:?}");
+    assert!(
+        report.bytes_resumed >= 2 << 20,
+        "resumed too little: {report:?}"
+    );
     assert!(
         report.bytes_sent + report.bytes_resumed <= report.bytes_total + (1 << 20),
         "re-sent more than one checkpoint: {report:?}"
@@ -249,7 +259,10 @@ async fn expect_error_and_drop(rx: &mut dyn FrameRx, code: ErrorCode) -> String 
         .await
         .expect("an Error frame");
     let Body::Error(e) = f.body else {
-        panic!("expected Error {code:?}, got {:?}", gateway_node::serve::body_name(&f.body));
+        panic!(
+            "expected Error {code:?}, got {:?}",
+            gateway_node::serve::body_name(&f.body)
+        );
     };
     assert_eq!(e.code, code, "message: {}", e.message);
     let end = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
@@ -314,7 +327,9 @@ async fn data_past_the_end_and_unknown_reloads_are_refused() {
     let pair = Pair::new();
     let server = pair.serve(&["mock:bounds"]).await;
     let (mut tx, mut rx) = raw_peer(&pair.reg, "mock:bounds").await;
-    wire::send(&mut *tx, Body::Offer(offer("small.bin", 100))).await.unwrap();
+    wire::send(&mut *tx, Body::Offer(offer("small.bin", 100)))
+        .await
+        .unwrap();
     let f = wire::recv_within(&mut *rx, &Limits::default(), Duration::from_secs(5))
         .await
         .unwrap();
@@ -357,7 +372,9 @@ async fn a_bad_peer_does_not_disturb_another_transfer() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
-    pair.send(&src, &["mock:iso?rate=20MB".into()]).await.unwrap();
+    pair.send(&src, &["mock:iso?rate=20MB".into()])
+        .await
+        .unwrap();
     attacker.await.unwrap();
     assert_eq!(std::fs::read(pair.inbox.join("good.bin")).unwrap(), data);
     server.shutdown().await.unwrap();
@@ -368,12 +385,17 @@ async fn an_offer_larger_than_the_free_space_is_rejected_with_numbers() {
     let pair = Pair::new();
     let server = pair.serve(&["mock:space"]).await;
     let (mut tx, mut rx) = raw_peer(&pair.reg, "mock:space").await;
-    wire::send(&mut *tx, Body::Offer(offer("huge.bin", 1 << 49))).await.unwrap();
+    wire::send(&mut *tx, Body::Offer(offer("huge.bin", 1 << 49)))
+        .await
+        .unwrap();
     let f = wire::recv_within(&mut *rx, &Limits::default(), Duration::from_secs(5))
         .await
         .unwrap();
     let Body::Reject(r) = f.body else {
-        panic!("expected Reject, got {}", gateway_node::serve::body_name(&f.body))
+        panic!(
+            "expected Reject, got {}",
+            gateway_node::serve::body_name(&f.body)
+        )
     };
     assert_eq!(r.code, gateway_proto::RejectCode::NoSpace);
     assert!(r.message.contains("available"), "{}", r.message);
@@ -386,7 +408,10 @@ async fn refused_connection_says_what_to_do() {
     let pair = Pair::new();
     let src = pair.outbox.join("x");
     std::fs::write(&src, b"x").unwrap();
-    let err = pair.send(&src, &["tcp:127.0.0.1:1".into()]).await.unwrap_err();
+    let err = pair
+        .send(&src, &["tcp:127.0.0.1:1".into()])
+        .await
+        .unwrap_err();
     let text = err.to_string();
     assert!(text.contains("tcp:127.0.0.1:1"), "{text}");
     let _ = LinkError::Closed;
