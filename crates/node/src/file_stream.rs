@@ -19,6 +19,7 @@ use gateway_store::{Direction, TransferRecord, TransferState};
 use tokio::sync::mpsc;
 
 use crate::state::{NodeState, now_ms};
+use crate::tree;
 use crate::{NodeConfig, NodeError};
 
 /// Why a Data frame was not taken.
@@ -41,6 +42,7 @@ pub(crate) struct FileStream {
     mtime_ns: i64,
     mode: u32,
     file: Arc<File>,
+    geo: gateway_engine::Geometry,
     engine: Mutex<Receiver>,
     /// One checkpoint (or the final verification) at a time.
     sync_gate: tokio::sync::Mutex<()>,
@@ -160,6 +162,7 @@ impl FileStream {
             mtime_ns: rec.mtime_ns,
             mode: rec.mode,
             file: Arc::new(file),
+            geo: engine.geometry(),
             engine: Mutex::new(engine),
             sync_gate: tokio::sync::Mutex::new(()),
             state: state.clone(),
@@ -196,7 +199,9 @@ impl FileStream {
     /// Verifies one Data frame and writes it at its offset. Blocking (pwrite);
     /// returns the Ack.
     pub(crate) fn write(&self, data: &Data) -> Result<Ack, DataError> {
-        let computed: Hash = *blake3::hash(&data.data).as_bytes();
+        // Bounds and alignment first: only a well-placed chunk is hashed.
+        let placed = self.geo.locate(data.offset, data.data.len())?;
+        let computed: Hash = tree::chunk_cv(placed.offset, &data.data);
         let action = self.engine().handle_data(
             data.offset,
             data.data.len(),
@@ -334,23 +339,27 @@ impl FileStream {
             .chunk_hashes(&self.id)?
             .into_iter()
             .collect();
-        let geo = self.engine().geometry();
-        let mut whole = blake3::Hasher::new();
+        let geo = self.geo;
+        let all: Vec<u64> = (0..geo.chunks()).collect();
+        let tree::Hashed {
+            mut cvs,
+            single_root: single,
+        } = tree::hash_chunks(&self.file, geo, &all, tree::hash_threads())
+            .map_err(|e| NodeError::io(format!("reading {}", self.part_path.display()), e))?;
+        cvs.sort_unstable_by_key(|(i, _)| *i);
         let mut bad = RangeSet::new();
-        let mut buf = vec![0u8; geo.chunk_size as usize];
-        for idx in 0..geo.chunks() {
-            let c = geo.chunk(idx).expect("index in range");
-            let b = &mut buf[..c.len as usize];
-            self.file
-                .read_exact_at(b, c.offset)
-                .map_err(|e| NodeError::io(format!("reading {}", self.part_path.display()), e))?;
-            whole.update(b);
-            let h = *blake3::hash(b).as_bytes();
-            if recorded.get(&idx).is_some_and(|r| *r != h) {
-                bad.insert(idx);
+        for (idx, cv) in &cvs {
+            if recorded.get(idx).is_some_and(|r| r != cv) {
+                bad.insert(*idx);
             }
         }
-        Ok((*whole.finalize().as_bytes(), bad))
+        let cvs: Vec<Hash> = cvs.into_iter().map(|(_, h)| h).collect();
+        let whole = match geo.chunks() {
+            0 => *blake3::hash(b"").as_bytes(),
+            1 => single.unwrap_or_default(),
+            _ => tree::root_from_cvs(&cvs, geo).unwrap_or_default(),
+        };
+        Ok((whole, bad))
     }
 
     /// Mode and mtime, then an atomic rename to a free name, then the

@@ -12,6 +12,7 @@ pub mod registry;
 pub mod send;
 pub mod serve;
 pub mod state;
+pub mod tree;
 pub mod wire;
 
 pub use config::NodeConfig;

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::state::{NodeState, now_ms};
+use crate::tree;
 use crate::wire::{self, WireError};
 use crate::{NodeConfig, NodeError};
 
@@ -103,8 +104,27 @@ pub struct LinkProgress {
     pub sent: u64,
 }
 
+/// The chunks' BLAKE3 chaining values, filled as writers hash them; the
+/// whole-file hash is merged from them (see `tree`).
+struct CvTable {
+    cvs: Vec<Option<Hash>>,
+    known: usize,
+}
+
+impl CvTable {
+    fn set(&mut self, idx: u64, cv: Hash) {
+        if let Some(slot) = self.cvs.get_mut(idx as usize) {
+            if slot.is_none() {
+                self.known += 1;
+            }
+            *slot = Some(cv);
+        }
+    }
+}
+
 struct Shared {
     engine: Mutex<Sender>,
+    cvs: Mutex<CvTable>,
     /// Wakes writers when window room or work appears.
     wake: Notify,
     file: File,
@@ -180,12 +200,6 @@ pub async fn send(
         .map_err(|e| NodeError::io(format!("cannot open {}", path.display()), e))?;
     let size = md.len();
     let mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-    // Whole-file hash in the background, while the links come up and data moves.
-    let hash_task = {
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || hash_file(&path))
-    };
-
     // Open every link at once; keep the ones that answer.
     let ours = wire::hello(&state, Vec::new());
     let mut opening = Vec::new();
@@ -325,7 +339,27 @@ pub async fn send(
     }
 
     let resumed = engine.progress().resumed_bytes;
+    let geo = engine.geometry();
+    // Chunks the receiver already holds are not read by the writers: hash
+    // them in the background; the writers hash the rest as they send them.
+    let hash_task = {
+        let f = file
+            .try_clone()
+            .map_err(|e| NodeError::io(format!("cannot reopen {}", path.display()), e))?;
+        let held = RangeSet::from_ranges(&accept.have, geo.chunks())
+            .map_err(|e| NodeError::Peer(e.to_string()))?;
+        let idx: Vec<u64> = if geo.chunks() == 1 {
+            vec![0]
+        } else {
+            held.iter().collect()
+        };
+        tokio::task::spawn_blocking(move || tree::hash_chunks(&f, geo, &idx, tree::hash_threads()))
+    };
     let shared = Arc::new(Shared {
+        cvs: Mutex::new(CvTable {
+            cvs: vec![None; geo.chunks() as usize],
+            known: 0,
+        }),
         engine: Mutex::new(engine),
         wake: Notify::new(),
         file,
@@ -358,6 +392,8 @@ pub async fn send(
     // The control task: the IHS, timers, progress, Complete/Verdict.
     let mut tick = tokio::time::interval(cfg.tick);
     let mut file_hash: Option<Hash> = None;
+    let mut single_chunk_root: Option<Hash> =
+        (geo.chunks() == 0).then(|| *blake3::hash(b"").as_bytes());
     let mut hash_task = Some(hash_task);
     let mut no_links_since: Option<Instant> = None;
     let mut verify_started: Option<Instant> = None;
@@ -409,16 +445,44 @@ pub async fn send(
                 }
             }
         }
-        // Hash ready?
-        if file_hash.is_none()
-            && let Some(t) = &hash_task
+        // The whole-file hash, once every chunk's CV is known.
+        if let Some(t) = &hash_task
             && t.is_finished()
         {
             let t = hash_task.take().expect("present");
-            let h = t.await.map_err(|e| NodeError::Other(e.to_string()))??;
-            file_hash = Some(h);
-            shared.engine().set_file_hash(h);
-            state.store().set_file_hash(&rec.id, Direction::Send, &h)?;
+            let tree::Hashed {
+                cvs,
+                single_root: single,
+            } = t
+                .await
+                .map_err(|e| NodeError::Other(e.to_string()))?
+                .map_err(|e| NodeError::io(format!("cannot read {}", path.display()), e))?;
+            let mut table = shared.cvs.lock().unwrap_or_else(|p| p.into_inner());
+            for (idx, cv) in cvs {
+                table.set(idx, cv);
+            }
+            single_chunk_root = single_chunk_root.or(single);
+        }
+        if file_hash.is_none() && hash_task.is_none() {
+            let root = {
+                let table = shared.cvs.lock().unwrap_or_else(|p| p.into_inner());
+                if geo.chunks() <= 1 {
+                    single_chunk_root
+                } else if table.known == table.cvs.len() {
+                    let cvs: Vec<Hash> = table.cvs.iter().map(|c| c.unwrap_or_default()).collect();
+                    tree::root_from_cvs(&cvs, geo)
+                } else {
+                    None
+                }
+            };
+            if let Some(h) = root {
+                if let Some(why) = source_changed(&path, size, mtime_ns) {
+                    break Err(NodeError::Other(why));
+                }
+                file_hash = Some(h);
+                shared.engine().set_file_hash(h);
+                state.store().set_file_hash(&rec.id, Direction::Send, &h)?;
+            }
         }
         let now = Instant::now();
         shared.engine().handle_timeout(now);
@@ -541,6 +605,20 @@ pub async fn send(
     }
     publish(&shared, &progress, &name);
     outcome.map(|()| report)
+}
+
+/// A sentence if the source's size or mtime moved since the transfer began.
+fn source_changed(path: &Path, size: u64, mtime_ns: i64) -> Option<String> {
+    match std::fs::metadata(path) {
+        Ok(md) if md.len() == size && md.mtime() * 1_000_000_000 + md.mtime_nsec() == mtime_ns => {
+            None
+        }
+        Ok(_) => Some(format!(
+            "{} changed while it was being sent; run the same send again to send the new version",
+            path.display()
+        )),
+        Err(e) => Some(format!("{} can no longer be read: {e}", path.display())),
+    }
 }
 
 fn phase_text(p: &Phase) -> String {
@@ -758,8 +836,13 @@ async fn writer(
             });
             return;
         }
-        let hash = blake3::hash(&buf);
-        let frame = enc.data(&id, chunk.offset, &buf, Some(hash.as_bytes()));
+        let cv = tree::chunk_cv(chunk.offset, &buf);
+        shared
+            .cvs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(chunk.index, cv);
+        let frame = enc.data(&id, chunk.offset, &buf, Some(&cv));
         let res = tx.lock().await.send(frame).await;
         if let Err(e) = res {
             shared.engine().unsent(link, chunk.index);

@@ -225,6 +225,16 @@ impl Server {
         if let Some(s) = self.load(&offer.transfer_id)? {
             return Ok(Body::Accept(s.accept()));
         }
+        if !crate::tree::valid_chunk_size(offer.chunk_size) {
+            return Ok(Body::Reject(Reject {
+                transfer_id: offer.transfer_id,
+                code: RejectCode::Other,
+                message: format!(
+                    "chunk size {} is not a power of two of at least 1024 bytes",
+                    offer.chunk_size
+                ),
+            }));
+        }
         let needed = offer.size + self.cfg.reserve_free_bytes;
         if let Some(free) = self.free_bytes()
             && free < needed
