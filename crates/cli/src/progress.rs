@@ -56,10 +56,11 @@ pub(crate) async fn render(mut rx: watch::Receiver<SendProgress>) {
             () = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
+    // `abandon` keeps each bar where it stopped (`finish` would fill it).
     for b in links {
-        b.finish();
+        b.abandon();
     }
     if let Some(t) = total {
-        t.finish();
+        t.abandon();
     }
 }
