@@ -23,25 +23,23 @@ pub use state::NodeState;
 #[non_exhaustive]
 pub enum NodeError {
     /// A file-system operation failed.
-    #[error("{what}: {source}")]
+    #[error("{what}: {err}")]
     Io {
         /// What we were doing.
         what: String,
-        /// Why it failed.
-        #[source]
-        source: std::io::Error,
+        /// Why it failed (kept out of the error chain so it prints once).
+        err: std::io::Error,
     },
     /// The state DB failed.
     #[error(transparent)]
     Store(#[from] gateway_store::StoreError),
     /// A link could not be opened or listened on.
-    #[error("{selector}: {source}")]
+    #[error("{selector}: {err}")]
     Open {
         /// The selector as given.
         selector: String,
-        /// Why.
-        #[source]
-        source: gateway_link::OpenError,
+        /// Why (kept out of the error chain so it prints once).
+        err: gateway_link::OpenError,
     },
     /// None of the links given could be opened.
     #[error("no link to the receiver could be opened:\n{0}")]
@@ -64,10 +62,10 @@ pub enum NodeError {
 }
 
 impl NodeError {
-    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+    pub(crate) fn io(what: impl Into<String>, err: std::io::Error) -> Self {
         NodeError::Io {
             what: what.into(),
-            source,
+            err,
         }
     }
 }

@@ -231,7 +231,7 @@ pub async fn send(
                 conns.push(Some((tx, rx)));
             }
             Err(e) => {
-                failures.push(format!("  {}: {e}", opts.to[i]));
+                failures.push(format!("  {e}"));
                 conns.push(None);
             }
         }
@@ -701,9 +701,9 @@ async fn open_and_hello(
     ours: gateway_proto::Hello,
     cfg: &NodeConfig,
 ) -> Result<(Box<dyn FrameTx>, Box<dyn FrameRx>, gateway_proto::Hello), NodeError> {
-    let link = reg.open(sel).await.map_err(|source| NodeError::Open {
+    let link = reg.open(sel).await.map_err(|err| NodeError::Open {
         selector: sel.to_string(),
-        source,
+        err,
     })?;
     let (mut tx, mut rx) = link.split();
     let theirs = wire::exchange_hello(&mut *tx, &mut *rx, ours, &cfg.limits, cfg.hello_timeout)

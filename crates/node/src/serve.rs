@@ -103,9 +103,9 @@ pub async fn start(
     let mut tasks = JoinSet::new();
     let mut local = Vec::new();
     for sel in &opts.listen {
-        let mut listener = reg.listen(sel).await.map_err(|source| NodeError::Open {
+        let mut listener = reg.listen(sel).await.map_err(|err| NodeError::Open {
             selector: sel.clone(),
-            source,
+            err,
         })?;
         let local_sel = listener.local_selector();
         tracing::info!(listen = %local_sel, "listening");
