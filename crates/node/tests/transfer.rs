@@ -55,9 +55,13 @@ impl Pair {
     }
 
     async fn serve(&self, listen: &[&str]) -> ServeHandle {
+        self.serve_with(listen, small_cfg()).await
+    }
+
+    async fn serve_with(&self, listen: &[&str], cfg: NodeConfig) -> ServeHandle {
         gateway_node::serve::start(
             NodeState::open(&self.recv_state).unwrap(),
-            small_cfg(),
+            cfg,
             self.reg.clone(),
             ServeOptions {
                 dir: self.inbox.clone(),
@@ -415,4 +419,83 @@ async fn refused_connection_says_what_to_do() {
     let text = err.to_string();
     assert!(text.contains("tcp:127.0.0.1:1"), "{text}");
     let _ = LinkError::Closed;
+}
+
+/// Unmounts a tmpfs when the test ends, however it ends.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disk_that_fills_mid_transfer_pauses_and_resumes_without_corruption() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: mounting a small tmpfs as the full disk needs root (CI runs as root)");
+        return;
+    }
+    let pair = Pair::new();
+    std::fs::create_dir_all(&pair.inbox).unwrap();
+    let ok = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
+        .arg(&pair.inbox)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !ok {
+        eprintln!("skipped: cannot mount a tmpfs here");
+        return;
+    }
+    let _mount = Mount(pair.inbox.clone());
+    let mut cfg = small_cfg();
+    cfg.reserve_free_bytes = 0;
+    let server = pair.serve_with(&["mock:full"], cfg).await;
+    let src = pair.outbox.join("big.bin");
+    let data = write_file(&src, 10 << 20, 6);
+
+    // Fill the disk once the transfer is under way.
+    let (ptx, mut prx) = watch::channel(SendProgress::default());
+    let (_stop_tx, stop_rx) = watch::channel(false);
+    let st = NodeState::open(&pair.send_state).unwrap();
+    let reg = pair.reg.clone();
+    let src2 = src.clone();
+    let run = tokio::spawn(async move {
+        gateway_node::send::send(
+            st,
+            small_cfg(),
+            reg,
+            SendOptions {
+                path: src2,
+                to: vec!["mock:full?rate=10MB".into()],
+            },
+            ptx,
+            stop_rx,
+        )
+        .await
+    });
+    while prx.changed().await.is_ok() {
+        if prx.borrow().acked >= 2 << 20 {
+            break;
+        }
+    }
+    let filler = pair.inbox.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![1u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+    }
+    let first = run.await.unwrap();
+    match &first {
+        Err(NodeError::Paused(why)) => assert!(why.contains("disk is full"), "{why}"),
+        other => panic!("expected a pause for a full disk, got {other:?}"),
+    }
+    // Space comes back; the same send resumes and the file is exact.
+    std::fs::remove_file(&filler).unwrap();
+    let report = pair.send(&src, &["mock:full".into()]).await.unwrap();
+    assert!(report.bytes_resumed > 0, "{report:?}");
+    assert_eq!(std::fs::read(pair.inbox.join("big.bin")).unwrap(), data);
+    server.shutdown().await.unwrap();
 }
