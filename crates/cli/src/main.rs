@@ -139,16 +139,20 @@ fn state_dir(cli_state: &Option<PathBuf>) -> PathBuf {
 }
 
 /// A watch that turns true on Ctrl-C or SIGTERM (USER_STOP).
+///
+/// Both handlers are installed before this returns, so a signal that comes
+/// right after the caller announced itself is a USER_STOP, not a plain kill.
 fn stop_signal() -> watch::Receiver<bool> {
+    use tokio::signal::unix::{SignalKind, signal};
     let (tx, rx) = watch::channel(false);
+    let int = signal(SignalKind::interrupt());
+    let term = signal(SignalKind::terminate());
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
+        let (Ok(mut int), Ok(mut term)) = (int, term) else {
+            return;
+        };
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
+            _ = int.recv() => {}
             _ = term.recv() => {}
         }
         let _ = tx.send(true);
@@ -200,6 +204,7 @@ async fn serve(
     listen: Vec<String>,
     quiet: bool,
 ) -> Result<ExitCode> {
+    let mut stop = stop_signal();
     let state = open_state(state_dir)?;
     let reg = Arc::new(gateway_node::registry::default_registry());
     let mut handle = gateway_node::serve::start(
@@ -217,7 +222,6 @@ async fn serve(
             eprintln!("gateway: receiving into {} on {s}", dir.display());
         }
     }
-    let mut stop = stop_signal();
     loop {
         tokio::select! {
             _ = stop.changed() => break,
