@@ -58,6 +58,21 @@ pub(crate) fn part_path(dir: &Path, name: &str, id: &TransferId) -> PathBuf {
     dir.join(format!("{name}.{}.gateway-part", hex::encode(&id[..4])))
 }
 
+/// Opens (creating if needed) a part file and gives it the file's size; it
+/// stays sparse until chunks land.
+fn open_part(part: &Path, size: u64) -> Result<File, NodeError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(part)
+        .map_err(|e| NodeError::io(format!("cannot open {}", part.display()), e))?;
+    file.set_len(size)
+        .map_err(|e| NodeError::io(format!("cannot size {}", part.display()), e))?;
+    Ok(file)
+}
+
 impl FileStream {
     /// A new transfer from an Offer: record it, create the part file.
     pub(crate) fn create(
@@ -67,16 +82,7 @@ impl FileStream {
         offer: &Offer,
         peer: &str,
     ) -> Result<Arc<Self>, NodeError> {
-        let part = part_path(dir, &offer.name, &offer.transfer_id);
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&part)
-            .map_err(|e| NodeError::io(format!("cannot create {}", part.display()), e))?;
-        file.set_len(offer.size)
-            .map_err(|e| NodeError::io(format!("cannot size {}", part.display()), e))?;
+        let file = open_part(&part_path(dir, &offer.name, &offer.transfer_id), offer.size)?;
         let now = now_ms();
         let rec = TransferRecord {
             id: offer.transfer_id,
@@ -111,13 +117,7 @@ impl FileStream {
             .unwrap_or_default();
         let part = part_path(&dir, &rec.name, &rec.id);
         let existed = part.exists();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&part)
-            .map_err(|e| NodeError::io(format!("cannot open {}", part.display()), e))?;
+        let file = open_part(&part, rec.size)?;
         let mut durable = rec.durable.clone();
         if !existed {
             tracing::warn!(part = %part.display(), "part file vanished; starting this transfer over");
@@ -126,8 +126,6 @@ impl FileStream {
                 .store()
                 .forget_chunks(&rec.id, Direction::Recv, &rec.durable)?;
         }
-        file.set_len(rec.size)
-            .map_err(|e| NodeError::io(format!("cannot size {}", part.display()), e))?;
         Ok(Self::from_parts(state, cfg, rec, file, durable))
     }
 

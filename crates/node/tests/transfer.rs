@@ -30,6 +30,23 @@ fn small_cfg() -> NodeConfig {
     cfg
 }
 
+struct Running {
+    task: tokio::task::JoinHandle<Result<SendReport, NodeError>>,
+    progress: watch::Receiver<SendProgress>,
+    stop: watch::Sender<bool>,
+}
+
+impl Running {
+    /// Waits until `pred` holds for the progress (or the send ends).
+    async fn until(&mut self, pred: impl Fn(&SendProgress) -> bool) {
+        while self.progress.changed().await.is_ok() {
+            if pred(&self.progress.borrow()) {
+                break;
+            }
+        }
+    }
+}
+
 struct Pair {
     _root: tempfile::TempDir,
     reg: Arc<Registry>,
@@ -70,6 +87,26 @@ impl Pair {
         )
         .await
         .unwrap()
+    }
+
+    /// Starts a send in the background; returns its task, its progress and its stop switch.
+    fn spawn_send(&self, path: &Path, to: &str) -> Running {
+        let (ptx, progress) = watch::channel(SendProgress::default());
+        let (stop, stop_rx) = watch::channel(false);
+        let st = NodeState::open(&self.send_state).unwrap();
+        let reg = self.reg.clone();
+        let opts = SendOptions {
+            path: path.to_path_buf(),
+            to: vec![to.to_string()],
+        };
+        let task = tokio::spawn(async move {
+            gateway_node::send::send(st, small_cfg(), reg, opts, ptx, stop_rx).await
+        });
+        Running {
+            task,
+            progress,
+            stop,
+        }
     }
 
     async fn send(&self, path: &Path, to: &[String]) -> Result<SendReport, NodeError> {
@@ -192,32 +229,10 @@ async fn user_stop_then_rerun_resumes_on_a_restarted_receiver() {
     let data = write_file(&src, 8 << 20, 4);
     let server = pair.serve(&["mock:resume"]).await;
     // First run: USER_STOP once ~2 MiB are durable at the receiver.
-    let (ptx, mut prx) = watch::channel(SendProgress::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let st = NodeState::open(&pair.send_state).unwrap();
-    let reg = pair.reg.clone();
-    let src2 = src.clone();
-    let run = tokio::spawn(async move {
-        gateway_node::send::send(
-            st,
-            small_cfg(),
-            reg,
-            SendOptions {
-                path: src2,
-                to: vec!["mock:resume?rate=10MB".into()],
-            },
-            ptx,
-            stop_rx,
-        )
-        .await
-    });
-    while prx.changed().await.is_ok() {
-        if prx.borrow().durable >= 2 << 20 {
-            break;
-        }
-    }
-    stop_tx.send(true).unwrap();
-    let first = run.await.unwrap();
+    let mut run = pair.spawn_send(&src, "mock:resume?rate=10MB");
+    run.until(|p| p.durable >= 2 << 20).await;
+    run.stop.send(true).unwrap();
+    let first = run.task.await.unwrap();
     assert!(matches!(first, Err(NodeError::Stopped)), "{first:?}");
     // USER_STOP left a saved frame and the record.
     let s = NodeState::open(&pair.send_state).unwrap();
@@ -456,30 +471,8 @@ async fn a_disk_that_fills_mid_transfer_pauses_and_resumes_without_corruption() 
     let data = write_file(&src, 10 << 20, 6);
 
     // Fill the disk once the transfer is under way.
-    let (ptx, mut prx) = watch::channel(SendProgress::default());
-    let (_stop_tx, stop_rx) = watch::channel(false);
-    let st = NodeState::open(&pair.send_state).unwrap();
-    let reg = pair.reg.clone();
-    let src2 = src.clone();
-    let run = tokio::spawn(async move {
-        gateway_node::send::send(
-            st,
-            small_cfg(),
-            reg,
-            SendOptions {
-                path: src2,
-                to: vec!["mock:full?rate=10MB".into()],
-            },
-            ptx,
-            stop_rx,
-        )
-        .await
-    });
-    while prx.changed().await.is_ok() {
-        if prx.borrow().acked >= 2 << 20 {
-            break;
-        }
-    }
+    let mut run = pair.spawn_send(&src, "mock:full?rate=10MB");
+    run.until(|p| p.acked >= 2 << 20).await;
     let filler = pair.inbox.join("filler");
     {
         use std::io::Write;
@@ -487,7 +480,7 @@ async fn a_disk_that_fills_mid_transfer_pauses_and_resumes_without_corruption() 
         let block = vec![1u8; 64 << 10];
         while f.write_all(&block).is_ok() {}
     }
-    let first = run.await.unwrap();
+    let first = run.task.await.unwrap();
     match &first {
         Err(NodeError::Paused(why)) => assert!(why.contains("disk is full"), "{why}"),
         other => panic!("expected a pause for a full disk, got {other:?}"),
