@@ -105,11 +105,22 @@ impl FileStream {
             updated_at_ms: now,
         };
         state.store().insert_transfer(&rec)?;
-        Ok(Self::from_parts(state, cfg, rec, file, RangeSet::new()))
+        let part = part_path(dir, &rec.name, &rec.id);
+        Ok(Self::from_parts(
+            state,
+            cfg,
+            rec,
+            file,
+            RangeSet::new(),
+            part,
+        ))
     }
 
     /// A transfer found in the DB (RELOAD after a restart). If the part file
-    /// is gone, nothing is held any more and the durable set starts empty.
+    /// is gone, nothing is held any more and the durable set starts empty —
+    /// unless the verified file had already been linked into place when the
+    /// process died: then that file is the stream, whole, and the next
+    /// Complete only re-checks it.
     pub(crate) fn reopen(
         state: &NodeState,
         cfg: &NodeConfig,
@@ -120,6 +131,22 @@ impl FileStream {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         let part = part_path(&dir, &rec.name, &rec.id);
+        if !part.exists() && rec.state == TransferState::Verifying {
+            let landed = Path::new(&rec.path);
+            if landed.metadata().is_ok_and(|m| m.len() == rec.size) {
+                tracing::info!(path = %landed.display(), "found the file already in place from before a restart");
+                let file = std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(landed)
+                    .map_err(|e| NodeError::io(format!("cannot open {}", landed.display()), e))?;
+                let all = RangeSet::full(
+                    gateway_engine::Geometry::new(rec.size, rec.chunk_size).chunks(),
+                );
+                let landed = landed.to_path_buf();
+                return Ok(Self::from_parts(state, cfg, rec, file, all, landed));
+            }
+        }
         let existed = part.exists();
         let file = open_part(&part, rec.size)?;
         let mut durable = rec.durable.clone();
@@ -130,7 +157,7 @@ impl FileStream {
                 .store()
                 .forget_chunks(&rec.id, Direction::Recv, &rec.durable)?;
         }
-        Ok(Self::from_parts(state, cfg, rec, file, durable))
+        Ok(Self::from_parts(state, cfg, rec, file, durable, part))
     }
 
     fn from_parts(
@@ -139,6 +166,7 @@ impl FileStream {
         rec: TransferRecord,
         file: File,
         durable: RangeSet,
+        part: PathBuf,
     ) -> Arc<Self> {
         let dir = Path::new(&rec.path)
             .parent()
@@ -159,7 +187,7 @@ impl FileStream {
         Arc::new(Self {
             id: rec.id,
             name: rec.name.clone(),
-            part_path: part_path(&dir, &rec.name, &rec.id),
+            part_path: part,
             dir,
             mtime_ns: rec.mtime_ns,
             mode: rec.mode,
@@ -366,8 +394,11 @@ impl FileStream {
         Ok((whole, bad))
     }
 
-    /// Mode and mtime, then an atomic rename to a free name, then the
-    /// directory fsync, then the DB records go.
+    /// Mode and mtime, fsync, then the part file is hard-linked to a free
+    /// name (recorded in the DB first), the directory fsynced, the part name
+    /// removed, and only then the DB record deleted. A crash anywhere in
+    /// between is finished by the next Complete: the file is never sent
+    /// twice and never lands twice.
     fn finalize(&self) -> Result<PathBuf, NodeError> {
         use std::os::unix::fs::PermissionsExt;
         let mode = self.mode & 0o777;
@@ -383,14 +414,56 @@ impl FileStream {
         self.file
             .sync_all()
             .map_err(|e| NodeError::io(format!("fsync {}", self.part_path.display()), e))?;
-        let target = rename_no_clobber(&self.part_path, &self.dir, &self.name)?;
-        if let Ok(d) = File::open(&self.dir) {
-            let _ = d.sync_all();
+        let target = self.link_into_place()?;
+        sync_dir(&self.dir);
+        if target != self.part_path {
+            match std::fs::remove_file(&self.part_path) {
+                Ok(()) => sync_dir(&self.dir),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(NodeError::io(
+                        format!("remove {}", self.part_path.display()),
+                        e,
+                    ));
+                }
+            }
         }
         self.state
             .store()
             .delete_transfer(&self.id, Direction::Recv)?;
         Ok(target)
+    }
+
+    /// `dir/name`, or `name (1).ext`, `(2)`… if taken — never replacing a
+    /// file. A name that already is this file (linked before a crash) is it.
+    fn link_into_place(&self) -> Result<PathBuf, NodeError> {
+        use std::os::unix::fs::MetadataExt;
+        let ours = std::fs::metadata(&self.part_path)
+            .map_err(|e| NodeError::io(format!("stat {}", self.part_path.display()), e))?;
+        for candidate in candidates(&self.dir, &self.name) {
+            match std::fs::symlink_metadata(&candidate) {
+                Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => return Ok(candidate),
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(NodeError::io(format!("stat {}", candidate.display()), e)),
+            }
+            self.state.store().set_landing(
+                &self.id,
+                Direction::Recv,
+                &candidate.to_string_lossy(),
+            )?;
+            match std::fs::hard_link(&self.part_path, &candidate) {
+                Ok(()) => return Ok(candidate),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                // File systems without hard links: an atomic no-clobber rename.
+                Err(_) => return rename_no_clobber(&self.part_path, &self.dir, &self.name),
+            }
+        }
+        Err(NodeError::Other(format!(
+            "no free name for {} in {}",
+            self.name,
+            self.dir.display()
+        )))
     }
 
     /// Progress in bytes (durable) for logs.
@@ -399,19 +472,31 @@ impl FileStream {
     }
 }
 
-/// Renames `from` to `dir/name`, or `dir/name (1).ext`, `(2)`… if taken —
-/// never replacing an existing file (RENAME_NOREPLACE, atomic).
-pub(crate) fn rename_no_clobber(from: &Path, dir: &Path, name: &str) -> Result<PathBuf, NodeError> {
+fn sync_dir(dir: &Path) {
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// `dir/name`, then `dir/name (1).ext`, `(2)`…
+fn candidates<'a>(dir: &'a Path, name: &'a str) -> impl Iterator<Item = PathBuf> + 'a {
     let (stem, ext) = match name.rfind('.') {
         Some(i) if i > 0 => (&name[..i], &name[i..]),
         _ => (name, ""),
     };
-    for n in 0..10_000u32 {
-        let candidate = if n == 0 {
+    (0..10_000u32).map(move |n| {
+        if n == 0 {
             dir.join(name)
         } else {
             dir.join(format!("{stem} ({n}){ext}"))
-        };
+        }
+    })
+}
+
+/// Renames `from` to a free candidate name, never replacing an existing
+/// file (RENAME_NOREPLACE, atomic).
+pub(crate) fn rename_no_clobber(from: &Path, dir: &Path, name: &str) -> Result<PathBuf, NodeError> {
+    for candidate in candidates(dir, name) {
         match nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,
             from,
@@ -421,22 +506,6 @@ pub(crate) fn rename_no_clobber(from: &Path, dir: &Path, name: &str) -> Result<P
         ) {
             Ok(()) => return Ok(candidate),
             Err(nix::errno::Errno::EEXIST) => continue,
-            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOSYS) => {
-                // File systems without RENAME_NOREPLACE: link is atomic and fails on EEXIST.
-                match std::fs::hard_link(from, &candidate) {
-                    Ok(()) => {
-                        let _ = std::fs::remove_file(from);
-                        return Ok(candidate);
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => {
-                        return Err(NodeError::io(
-                            format!("rename to {}", candidate.display()),
-                            e,
-                        ));
-                    }
-                }
-            }
             Err(e) => {
                 return Err(NodeError::io(
                     format!("rename to {}", candidate.display()),
@@ -449,4 +518,107 @@ pub(crate) fn rename_no_clobber(from: &Path, dir: &Path, name: &str) -> Result<P
         "no free name for {name} in {}",
         dir.display()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_proto::Offer;
+
+    fn offer(size: u64) -> Offer {
+        Offer {
+            transfer_id: [3; 16],
+            name: "f.bin".into(),
+            size,
+            mtime_ns: 0,
+            mode: 0o644,
+            chunk_size: 4096,
+            file_hash: None,
+        }
+    }
+
+    async fn receive_all(s: &Arc<FileStream>, data: &[u8]) {
+        for (i, chunk) in data.chunks(4096).enumerate() {
+            let offset = (i * 4096) as u64;
+            let d = Data {
+                transfer_id: [3; 16],
+                offset,
+                data: bytes::Bytes::copy_from_slice(chunk),
+                chunk_hash: Some(tree::chunk_cv(offset, chunk)),
+            };
+            s.write(&d).unwrap();
+        }
+        s.checkpoint(true).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_crash_after_the_link_into_place_is_finished_by_the_next_complete() {
+        let root = tempfile::tempdir().unwrap();
+        let state = NodeState::open(&root.path().join("state")).unwrap();
+        let dir = root.path().join("in");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = NodeConfig::default();
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        let s = FileStream::create(&state, &cfg, &dir, &offer(data.len() as u64), "peer").unwrap();
+        receive_all(&s, &data).await;
+        // The process dies right after linking the verified file into place.
+        let landed = s.link_into_place().unwrap();
+        drop(s);
+        let rec = state
+            .store()
+            .get_transfer(&[3; 16], Direction::Recv)
+            .unwrap()
+            .unwrap();
+        let s = FileStream::reopen(&state, &cfg, rec).unwrap();
+        assert_eq!(s.accept().have.len(), 1, "the landed file counts as whole");
+        let complete = Complete {
+            transfer_id: [3; 16],
+            file_hash: *blake3::hash(&data).as_bytes(),
+        };
+        let (verdict, path) = s.finish(&complete).await.unwrap();
+        assert!(verdict.ok, "{}", verdict.message);
+        assert_eq!(path.as_deref(), Some(landed.as_path()));
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            vec!["f.bin".to_string()],
+            "landed once, no part file left"
+        );
+        assert_eq!(std::fs::read(&landed).unwrap(), data);
+        assert!(state.store().list_transfers().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_crash_after_the_part_name_is_removed_is_finished_by_the_next_complete() {
+        let root = tempfile::tempdir().unwrap();
+        let state = NodeState::open(&root.path().join("state")).unwrap();
+        let dir = root.path().join("in");
+        std::fs::create_dir_all(&dir).unwrap();
+        let cfg = NodeConfig::default();
+        let data: Vec<u8> = (0..9_000u32).map(|i| (i % 13) as u8).collect();
+        let s = FileStream::create(&state, &cfg, &dir, &offer(data.len() as u64), "peer").unwrap();
+        receive_all(&s, &data).await;
+        let landed = s.link_into_place().unwrap();
+        std::fs::remove_file(&s.part_path).unwrap();
+        drop(s);
+        let rec = state
+            .store()
+            .get_transfer(&[3; 16], Direction::Recv)
+            .unwrap()
+            .unwrap();
+        let s = FileStream::reopen(&state, &cfg, rec).unwrap();
+        let complete = Complete {
+            transfer_id: [3; 16],
+            file_hash: *blake3::hash(&data).as_bytes(),
+        };
+        let (verdict, path) = s.finish(&complete).await.unwrap();
+        assert!(verdict.ok);
+        assert_eq!(path.as_deref(), Some(landed.as_path()));
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        assert_eq!(std::fs::read(&landed).unwrap(), data);
+    }
 }

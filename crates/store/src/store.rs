@@ -279,6 +279,31 @@ impl Store {
         expect_one(n, id, dir)
     }
 
+    /// Records where a verified file is about to land (`path`) and marks the
+    /// transfer `Verifying`, in one update, before the part file is linked
+    /// there: a crash after the link finds the file by this path.
+    pub fn set_landing(
+        &self,
+        id: &TransferId,
+        dir: Direction,
+        path: &str,
+    ) -> Result<(), StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "UPDATE transfers SET path = ?3, state = ?4, updated_at_ms = ?5
+                 WHERE id = ?1 AND direction = ?2",
+            )?
+            .execute(params![
+                &id[..],
+                dir.as_str(),
+                path,
+                TransferState::Verifying.as_str(),
+                now_ms()
+            ])?;
+        expect_one(n, id, dir)
+    }
+
     /// Records the whole-file hash.
     pub fn set_file_hash(
         &self,
