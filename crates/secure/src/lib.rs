@@ -1,4 +1,69 @@
-//! gateway-secure: the node key, Noise XX over any link, pairing and trust.
+//! gateway-secure: the node key, a Noise XX session over any `Link`, pairing
+//! by short code (SPAKE2 bound to the Noise handshake), and the trust policy.
 //!
-//! (Being built for issue 4; not yet used by the node.)
+//! It is not a transport and knows nothing of transfers: it turns a `Link`
+//! into an authenticated, encrypted `Link` whose peer is a static key.
 #![warn(missing_docs)]
+
+mod key;
+mod noise;
+mod pair;
+mod trust;
+
+pub use key::{NodeId, NodeKey};
+pub use noise::{SecureLink, accept, connect};
+pub use pair::{MAX_PAIR_ATTEMPTS, Paired, PairingCode, pair_initiator, pair_responder};
+pub use trust::{Decision, TrustPolicy, decide};
+
+/// What went wrong; each message says what a person can do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecureError {
+    /// The key file could not be read or written.
+    #[error("node key {path}: {err}")]
+    Key {
+        /// The key file.
+        path: String,
+        /// Why.
+        err: std::io::Error,
+    },
+    /// The key file is readable by others.
+    #[error(
+        "node key {path} is readable by other users; run `chmod 600 {path}` (or delete it to make a new identity)"
+    )]
+    KeyPermissions {
+        /// The key file.
+        path: String,
+    },
+    /// The key file is not a key.
+    #[error(
+        "node key {path} is damaged: {why}; delete it to make a new identity (peers must pair again)"
+    )]
+    KeyCorrupt {
+        /// The key file.
+        path: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The Noise handshake failed (bad, truncated or replayed message, wrong protocol).
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    /// The peer did not finish in time.
+    #[error("no answer within {0:?}")]
+    Timeout(std::time::Duration),
+    /// The pairing code was wrong on one side.
+    #[error("wrong pairing code: the codes on the two nodes differ (or someone guessed)")]
+    WrongCode,
+    /// Not a pairing code.
+    #[error("{0:?} is not a pairing code; it looks like 7-violet-anchor")]
+    BadCode(String),
+    /// Not a node id.
+    #[error("{0:?} is not a node id; `gateway id` prints one, like abcd-efgh-ijkl-mnop-qrst")]
+    BadId(String),
+    /// The peer broke the pairing protocol.
+    #[error("pairing: {0}")]
+    Protocol(String),
+    /// The link failed.
+    #[error(transparent)]
+    Link(#[from] gateway_link::LinkError),
+}
