@@ -56,6 +56,15 @@ pub(crate) async fn run(o: DemoOptions) -> Result<std::process::ExitCode> {
     // The receiving node, listening on one loopback port per link.
     let receiver_state = NodeState::open(&base.join("receiver-state"))?;
     let sender_state = NodeState::open(&base.join("sender-state"))?;
+    // Demo-only trust: the two nodes trust each other's keys as if paired
+    // (`gateway pair` does this with a code between two real boxes).
+    for (me, other) in [
+        (&receiver_state, &sender_state),
+        (&sender_state, &receiver_state),
+    ] {
+        let id = gateway_secure::NodeId::parse(&other.node_id)?;
+        gateway_node::trust::set_trust(me, &id, Some("demo"), gateway_node::trust::PAIRED)?;
+    }
     let reg = Arc::new(gateway_node::registry::default_registry());
     let listen = vec!["tcp:127.0.0.1:0".to_string(); o.links];
     let server = gateway_node::serve::start(
@@ -83,8 +92,16 @@ pub(crate) async fn run(o: DemoOptions) -> Result<std::process::ExitCode> {
         to.len()
     ));
 
-    let report =
-        send_with_progress(sender_state, reg, src.clone(), to, o.quiet || o.json, None).await;
+    let report = send_with_progress(
+        sender_state,
+        NodeConfig::default(),
+        reg,
+        src.clone(),
+        to,
+        o.quiet || o.json,
+        None,
+    )
+    .await;
     server.shutdown().await?;
     let report = report?;
 

@@ -12,6 +12,7 @@ use gateway_node::{NodeConfig, NodeError, NodeState};
 use tokio::sync::watch;
 
 mod demo;
+mod peers;
 mod progress;
 
 /// Exit code: transfer paused (links gone, disk full); state is saved, rerun to resume.
@@ -31,6 +32,15 @@ struct Cli {
     /// Only errors; no progress bars.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Who may exchange files with this node: paired (default), tofu (first key seen per name is pinned), any (labs).
+    #[arg(
+        long,
+        global = true,
+        env = "GATEWAY_TRUST",
+        value_name = "POLICY",
+        default_value = "paired"
+    )]
+    trust: gateway_secure::TrustPolicy,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -56,6 +66,39 @@ enum Cmd {
         /// Print one JSON object with the result as the last stdout line.
         #[arg(long)]
         json: bool,
+    },
+    /// Pair with another node using a short code (run without CODE on one node, with it on the other).
+    Pair {
+        /// The code printed by `gateway pair` on the other node.
+        code: Option<String>,
+        /// Where to wait for the other node (without CODE).
+        #[arg(long, value_name = "SEL", default_value = "tcp:0.0.0.0:7879")]
+        listen: String,
+        /// The other node's pairing listener (with CODE), e.g. tcp:192.168.1.7:7879.
+        #[arg(long, value_name = "SEL")]
+        to: Option<String>,
+    },
+    /// This node's id (the fingerprint of its key).
+    Id {
+        /// JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Peers this node has seen, with their trust.
+    Peers {
+        /// JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Trust a peer by id (or unique id prefix, or name) — as pairing would.
+    Trust {
+        /// Node id (`gateway id` on that node), a unique prefix, or a known name.
+        id: String,
+    },
+    /// Stop trusting a peer: its Offers are refused until it is paired again.
+    Untrust {
+        /// Node id, a unique prefix, or a known name.
+        id: String,
     },
     /// Every transport this build knows, whether it is usable here, and why not.
     Links {
@@ -89,7 +132,26 @@ enum Cmd {
     },
 }
 
+/// Keep 1 MiB frame buffers on the heap and the heap untrimmed: by default
+/// glibc serves each frame-sized allocation from a fresh mmap (or trims the
+/// heap after it), so every frame paid for page faults and zeroing — a
+/// third of the receiver's system time. Measured in bench/loopback.sh.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    // SAFETY: mallopt only changes allocator thresholds; called once at
+    // start-up before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn tune_allocator() {}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     init_tracing(cli.verbose, cli.quiet);
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -162,15 +224,26 @@ fn stop_signal() -> watch::Receiver<bool> {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let quiet = cli.quiet;
+    let cfg = NodeConfig {
+        trust: cli.trust,
+        ..NodeConfig::default()
+    };
     match cli.cmd {
-        Cmd::Serve { dir, listen } => serve(&state_dir(&cli.state), dir, listen, quiet).await,
+        Cmd::Serve { dir, listen } => serve(&state_dir(&cli.state), cfg, dir, listen, quiet).await,
         Cmd::Send { path, to, json } => {
             let state = open_state(&state_dir(&cli.state))?;
             let reg = Arc::new(gateway_node::registry::default_registry());
-            let report = send_with_progress(state, reg, path, to, quiet || json, None).await?;
+            let report = send_with_progress(state, cfg, reg, path, to, quiet || json, None).await?;
             print_report(&report, json);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Pair { code, listen, to } => {
+            peers::pair(&state_dir(&cli.state), cfg, code, listen, to).await
+        }
+        Cmd::Id { json } => peers::id(&state_dir(&cli.state), json),
+        Cmd::Peers { json } => peers::list(&state_dir(&cli.state), json),
+        Cmd::Trust { id } => peers::set(&state_dir(&cli.state), &id, true),
+        Cmd::Untrust { id } => peers::set(&state_dir(&cli.state), &id, false),
         Cmd::Links { json } => links(json).await,
         Cmd::Transfers { json } => transfers(&state_dir(&cli.state), json),
         Cmd::Demo {
@@ -200,6 +273,7 @@ fn open_state(dir: &std::path::Path) -> Result<NodeState> {
 
 async fn serve(
     state_dir: &std::path::Path,
+    cfg: NodeConfig,
     dir: PathBuf,
     listen: Vec<String>,
     quiet: bool,
@@ -209,7 +283,7 @@ async fn serve(
     let reg = Arc::new(gateway_node::registry::default_registry());
     let mut handle = gateway_node::serve::start(
         state,
-        NodeConfig::default(),
+        cfg,
         reg,
         ServeOptions {
             dir: dir.clone(),
@@ -250,6 +324,7 @@ async fn serve(
 /// Runs a send with progress bars; `stop` overrides Ctrl-C handling (demo).
 pub(crate) async fn send_with_progress(
     state: NodeState,
+    cfg: NodeConfig,
     reg: Arc<gateway_link::Registry>,
     path: PathBuf,
     to: Vec<String>,
@@ -263,15 +338,7 @@ pub(crate) async fn send_with_progress(
     } else {
         Some(tokio::spawn(progress::render(prx)))
     };
-    let res = gateway_node::send::send(
-        state,
-        NodeConfig::default(),
-        reg,
-        SendOptions { path, to },
-        ptx,
-        stop,
-    )
-    .await;
+    let res = gateway_node::send::send(state, cfg, reg, SendOptions { path, to }, ptx, stop).await;
     if let Some(b) = bars {
         let _ = b.await;
     }

@@ -440,6 +440,25 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    let t = setup_unpaired();
+    // The two nodes trust each other by id, as a user would with
+    // `gateway id` on one box and `gateway trust ID` on the other.
+    let (rid, sid) = (node_id(&t.recv_state), node_id(&t.send_state));
+    for (state, other) in [(&t.recv_state, &sid), (&t.send_state, &rid)] {
+        let out = gateway(&["--state", &s(state), "trust", other]);
+        assert!(out.status.success(), "gateway trust failed: {}", out.stderr);
+    }
+    t
+}
+
+fn node_id(state: &Path) -> String {
+    let out = gateway(&["--state", &s(state), "id"]);
+    assert!(out.status.success(), "gateway id failed: {}", out.stderr);
+    out.stdout.trim().to_string()
+}
+
+/// Two nodes that have never met.
+fn setup_unpaired() -> Setup {
     let root = tempfile::Builder::new()
         .prefix("gateway-cli-test-")
         .tempdir()
@@ -967,4 +986,112 @@ fn demo_exits_zero_with_an_ok_verdict() {
         "demo: expected a line containing OK, got stdout:\n{}",
         out.stdout
     );
+}
+
+/// `gateway pair` waiting on loopback: returns it with its selector and code.
+fn pair_listener(state: &Path) -> (Proc, String, String) {
+    let args: Vec<String> = ["--state", &s(state), "pair", "--listen", "tcp:127.0.0.1:0"]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    let p = Proc::spawn("gateway pair (listen)", &args);
+    let (mut sel, mut code) = (None, None);
+    let end = Instant::now() + START_TIMEOUT;
+    while sel.is_none() || code.is_none() {
+        if let Ok(line) = p.lines.recv_timeout(Duration::from_millis(100)) {
+            if let Some(rest) = line.strip_prefix("gateway: waiting on ") {
+                sel = rest.split(';').next().map(str::to_string);
+            }
+            if let Some(rest) = line.trim().strip_prefix("gateway pair ") {
+                code = rest.split_whitespace().next().map(str::to_string);
+            }
+        }
+        assert!(
+            Instant::now() < end,
+            "pair listener printed no code:\n{}",
+            p.describe()
+        );
+    }
+    (p, sel.unwrap_or_default(), code.unwrap_or_default())
+}
+
+#[test]
+fn pairing_by_code_opens_the_file_stream_and_untrust_closes_it() {
+    let t = setup_unpaired();
+    make_file(&t.src, 3 * MIB);
+    let (mut rx, sels) = serve(&t.recv_state, &t.inbox, 1);
+    // Strangers: refused, with the way out in the message.
+    let out = gateway(
+        &send_args(&t.send_state, &t.src, &sels)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!out.status.success(), "an unpaired send succeeded");
+    assert!(
+        out.stderr.contains("gateway pair"),
+        "no pairing hint in: {}",
+        out.stderr
+    );
+    assert!(!t.inbox.join("payload.bin").exists());
+
+    // Pair with the code the receiver shows.
+    let (mut listener, psel, code) = pair_listener(&t.recv_state);
+    let joined = gateway(&["--state", &s(&t.send_state), "pair", &code, "--to", &psel]);
+    assert!(joined.status.success(), "pair failed: {}", joined.stderr);
+    let done = listener.finish(START_TIMEOUT, &[]);
+    assert!(
+        done.status.success(),
+        "pair listener failed: {}",
+        done.stderr
+    );
+    let words = |e: &str| {
+        e.lines()
+            .find_map(|l| l.split("same words: ").nth(1).map(str::to_string))
+    };
+    assert_eq!(
+        words(&joined.stderr),
+        words(&done.stderr),
+        "both sides must show the same words"
+    );
+    assert!(words(&done.stderr).is_some());
+
+    let report = send_ok(&t.send_state, &t.src, &sels, &[&rx]);
+    assert_eq!(report["verdict"], "ok");
+
+    // Untrusted again: the next send is refused.
+    let sid = node_id(&t.send_state);
+    let out = gateway(&["--state", &s(&t.recv_state), "untrust", &sid]);
+    assert!(out.status.success(), "untrust failed: {}", out.stderr);
+    make_file(&t.src, 2 * MIB);
+    let out = gateway(
+        &send_args(&t.send_state, &t.src, &sels)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!out.status.success(), "an untrusted send succeeded");
+    assert!(out.stderr.contains("does not trust"), "{}", out.stderr);
+    rx.kill9();
+}
+
+#[test]
+fn a_wrong_pairing_code_fails_on_both_sides_and_trusts_nobody() {
+    let t = setup_unpaired();
+    let (mut listener, psel, code) = pair_listener(&t.recv_state);
+    let wrong = if code.starts_with("2-") {
+        code.replacen("2-", "3-", 1)
+    } else {
+        format!("2-{}", code.split_once('-').unwrap().1)
+    };
+    let out = gateway(&["--state", &s(&t.send_state), "pair", &wrong, "--to", &psel]);
+    assert!(!out.status.success(), "a wrong code paired");
+    assert!(out.stderr.contains("wrong pairing code"), "{}", out.stderr);
+    let peers = gateway(&["--state", &s(&t.send_state), "peers", "--json"]);
+    let v: Value = serde_json::from_str(peers.stdout.trim()).expect("peers --json");
+    assert!(
+        v.as_array().unwrap().iter().all(|p| p["trust"] != "paired"),
+        "a failed pairing recorded trust: {v}"
+    );
+    listener.kill9();
 }

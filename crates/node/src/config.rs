@@ -12,6 +12,10 @@ pub struct NodeConfig {
     pub limits: gateway_proto::Limits,
     /// How long a peer has to send its Hello after a link opens.
     pub hello_timeout: Duration,
+    /// How long the Noise handshake on a new link may take.
+    pub handshake_timeout: Duration,
+    /// Who may open a FILE stream: paired peers (default), first key seen per name, or anyone.
+    pub trust: gateway_secure::TrustPolicy,
     /// How long the receiver has to answer an Offer/Reload.
     pub accept_timeout: Duration,
     /// With no link up for this long, the sender saves and exits (paused).
@@ -30,6 +34,8 @@ impl Default for NodeConfig {
             engine: gateway_engine::Config::default(),
             limits: gateway_proto::Limits::default(),
             hello_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            trust: gateway_secure::TrustPolicy::Paired,
             accept_timeout: Duration::from_secs(30),
             pause_after: Duration::from_secs(60),
             verdict_timeout: Duration::from_secs(600),

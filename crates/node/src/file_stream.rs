@@ -37,6 +37,8 @@ pub(crate) enum DataError {
 pub(crate) struct FileStream {
     pub(crate) id: TransferId,
     pub(crate) name: String,
+    /// The sender's node id: the transfer is bound to its key.
+    pub(crate) peer: String,
     dir: PathBuf,
     part_path: PathBuf,
     mtime_ns: i64,
@@ -187,6 +189,7 @@ impl FileStream {
         Arc::new(Self {
             id: rec.id,
             name: rec.name.clone(),
+            peer: rec.peer.clone(),
             part_path: part,
             dir,
             mtime_ns: rec.mtime_ns,

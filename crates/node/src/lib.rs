@@ -8,11 +8,13 @@
 
 pub mod config;
 mod file_stream;
+pub mod pair;
 pub mod registry;
 pub mod send;
 pub mod serve;
 pub mod state;
 pub mod tree;
+pub mod trust;
 pub mod wire;
 
 pub use config::NodeConfig;
@@ -33,6 +35,12 @@ pub enum NodeError {
     /// The state DB failed.
     #[error(transparent)]
     Store(#[from] gateway_store::StoreError),
+    /// The node key, a handshake or pairing failed.
+    #[error(transparent)]
+    Secure(#[from] gateway_secure::SecureError),
+    /// The peer is not trusted (the message says how to pair).
+    #[error("{0}")]
+    NotTrusted(String),
     /// A link could not be opened or listened on.
     #[error("{selector}: {err}")]
     Open {

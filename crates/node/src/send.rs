@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use gateway_engine::ihs::{self, Action, Signal};
 use gateway_engine::{Event, FileMeta, LinkId, Phase, Sender};
-use gateway_link::{FrameRx, FrameTx, Registry};
+use gateway_link::{FrameRx, FrameTx, Link, Registry};
 use gateway_proto::{Body, ErrorCode, Frame, Hash, RangeSet, TransferId};
 use gateway_store::{Direction, LinkStat, TransferRecord, TransferState};
 use serde::Serialize;
@@ -22,8 +22,10 @@ use tracing::Instrument;
 
 use crate::state::{NodeState, now_ms};
 use crate::tree;
+use crate::trust;
 use crate::wire::{self, WireError};
 use crate::{NodeConfig, NodeError};
+use gateway_secure::{Decision, NodeId};
 
 /// What `gateway send` needs.
 #[derive(Clone, Debug)]
@@ -208,25 +210,26 @@ pub async fn send(
         let sel = sel.clone();
         let ours = ours.clone();
         let cfg = cfg.clone();
+        let key = state.key.clone();
         opening.push(tokio::spawn(async move {
-            open_and_hello(&reg, &sel, ours, &cfg).await
+            open_and_hello(&reg, &key, &sel, ours, &cfg).await
         }));
     }
     let mut conns: Vec<Option<Halves>> = Vec::new();
     let mut failures = Vec::new();
-    let mut peer: Option<gateway_proto::Hello> = None;
+    let mut peer: Option<(gateway_proto::Hello, NodeId)> = None;
     for (i, h) in opening.into_iter().enumerate() {
         match h.await.map_err(|e| NodeError::Other(e.to_string()))? {
-            Ok((tx, rx, hello)) => {
-                if let Some(p) = &peer {
-                    if p.node_id != hello.node_id {
+            Ok((tx, rx, hello, id)) => {
+                if let Some((p, pid)) = &peer {
+                    if *pid != id {
                         return Err(NodeError::Other(format!(
-                            "{} reaches node {} ({}) but {} reaches node {} ({}); every --to must reach the same receiver",
-                            opts.to[0], p.name, p.node_id, opts.to[i], hello.name, hello.node_id
+                            "{} reaches node {} ({pid}) but {} reaches node {} ({id}); every --to must reach the same receiver",
+                            opts.to[0], p.name, opts.to[i], hello.name
                         )));
                     }
                 } else {
-                    peer = Some(hello);
+                    peer = Some((hello, id));
                 }
                 conns.push(Some((tx, rx)));
             }
@@ -236,9 +239,30 @@ pub async fn send(
             }
         }
     }
-    let Some(peer) = peer else {
+    let Some((peer_hello, peer_id)) = peer else {
         return Err(NodeError::NoLinks(failures.join("\n")));
     };
+    // A file stream opens only towards a peer this node trusts.
+    trust::record_hello(&state, cfg.trust, &peer_id, &peer_hello, &opts.to[0])?;
+    match trust::decide(&state, cfg.trust, &peer_id, &peer_hello.name)? {
+        Decision::Trusted => {}
+        Decision::Untrusted { .. } => {
+            return Err(NodeError::NotTrusted(format!(
+                "this node does not trust the receiver {} ({peer_id}) yet: run `gateway pair` on the receiver and `gateway pair CODE --to {}` here (or use --trust tofu)",
+                peer_hello.name, opts.to[0]
+            )));
+        }
+        Decision::KeyChanged {
+            name,
+            known,
+            presented,
+        } => {
+            return Err(NodeError::NotTrusted(format!(
+                "{name} was pinned to key {known} but now presents {presented}; refusing. If it really changed its key, run `gateway untrust {known}` and pair again"
+            )));
+        }
+    }
+    let peer_node_id = peer_id.to_string();
     for f in &failures {
         tracing::warn!("link not up yet, will retry: {}", f.trim());
     }
@@ -247,11 +271,11 @@ pub async fn send(
     let canonical = path.to_string_lossy().into_owned();
     let existing = state
         .store()
-        .find_send(&peer.node_id, &canonical, size, mtime_ns)?;
+        .find_send(&peer_node_id, &canonical, size, mtime_ns)?;
     let (rec, is_new) = match existing {
         Some(r) => (r, false),
         None => (
-            new_record(&peer.node_id, &canonical, &name, size, mtime_ns, &md, &cfg)?,
+            new_record(&peer_node_id, &canonical, &name, size, mtime_ns, &md, &cfg)?,
             true,
         ),
     };
@@ -505,9 +529,11 @@ pub async fn send(
                         let cfg = cfg.clone();
                         let itx = itx.clone();
                         let reload = shared.engine().reload(&RangeSet::new());
-                        let expected = peer.node_id.clone();
+                        let expected = peer_id.clone();
+                        let key = state.key.clone();
                         tokio::spawn(async move {
-                            let msg = match reopen(&reg, &sel, ours, &cfg, reload, &expected).await
+                            let msg = match reopen(&reg, &key, &sel, ours, &cfg, reload, &expected)
+                                .await
                             {
                                 Ok(conn) => Internal::Reopened { link, conn },
                                 Err(e) => Internal::RetryFailed {
@@ -695,21 +721,43 @@ fn link_err(sel: &str, e: WireError) -> NodeError {
     NodeError::Peer(format!("{sel}: {e}"))
 }
 
+/// Opens a link, runs the Noise handshake (as initiator) and exchanges
+/// Hello. Returns the halves, the peer's Hello and its key's id; a Hello
+/// whose id differs from the key is refused.
 async fn open_and_hello(
     reg: &Registry,
+    key: &gateway_secure::NodeKey,
     sel: &str,
     ours: gateway_proto::Hello,
     cfg: &NodeConfig,
-) -> Result<(Box<dyn FrameTx>, Box<dyn FrameRx>, gateway_proto::Hello), NodeError> {
+) -> Result<
+    (
+        Box<dyn FrameTx>,
+        Box<dyn FrameRx>,
+        gateway_proto::Hello,
+        NodeId,
+    ),
+    NodeError,
+> {
     let link = reg.open(sel).await.map_err(|err| NodeError::Open {
         selector: sel.to_string(),
         err,
     })?;
-    let (mut tx, mut rx) = link.split();
+    let secure = gateway_secure::connect(link, key, cfg.handshake_timeout)
+        .await
+        .map_err(|e| NodeError::Peer(format!("{sel}: handshake failed: {e}")))?;
+    let remote = secure.remote_id();
+    let (mut tx, mut rx) = Box::new(secure).split();
     let theirs = wire::exchange_hello(&mut *tx, &mut *rx, ours, &cfg.limits, cfg.hello_timeout)
         .await
         .map_err(|e| link_err(sel, e))?;
-    Ok((tx, rx, theirs))
+    if theirs.node_id.replace('-', "") != remote.as_str().replace('-', "") {
+        return Err(NodeError::NotTrusted(format!(
+            "{sel}: the receiver's Hello claims node id {} but its key is {remote}; not sending to a peer that lies about its identity",
+            theirs.node_id
+        )));
+    }
+    Ok((tx, rx, theirs, remote))
 }
 
 /// Waits for the answer to an Offer/Reload, skipping Pings.
@@ -751,17 +799,17 @@ async fn join(
 /// IHS retry: reopen a failed link, check it is the same peer, join.
 async fn reopen(
     reg: &Registry,
+    key: &gateway_secure::NodeKey,
     sel: &str,
     ours: gateway_proto::Hello,
     cfg: &NodeConfig,
     reload: gateway_proto::Reload,
-    expected_peer: &str,
+    expected_peer: &NodeId,
 ) -> Result<Joined, NodeError> {
-    let (mut tx, mut rx, hello) = open_and_hello(reg, sel, ours, cfg).await?;
-    if hello.node_id != expected_peer {
-        return Err(NodeError::Other(format!(
-            "{sel} now reaches a different node ({})",
-            hello.node_id
+    let (mut tx, mut rx, _hello, id) = open_and_hello(reg, key, sel, ours, cfg).await?;
+    if id != *expected_peer {
+        return Err(NodeError::NotTrusted(format!(
+            "{sel} now reaches a different node ({id}, not {expected_peer}); not resuming on it"
         )));
     }
     wire::send(&mut *tx, Body::Reload(reload))

@@ -12,15 +12,17 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use gateway_link::{FrameRx, Link, Registry};
 use gateway_proto::{Body, ErrorCode, Offer, Reject, RejectCode, Reload, TransferId};
-use gateway_store::{Direction, PeerRecord};
+use gateway_store::Direction;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::file_stream::{DataError, FileStream};
 use crate::state::{NodeState, now_ms};
+use crate::trust;
 use crate::wire::{self, WireError};
 use crate::{NodeConfig, NodeError};
+use gateway_secure::{Decision, NodeId};
 
 /// What `gateway serve` needs.
 #[derive(Clone, Debug)]
@@ -223,6 +225,13 @@ impl Server {
 
     fn on_offer(&self, offer: &Offer, peer: &str) -> Result<Body, NodeError> {
         if let Some(s) = self.load(&offer.transfer_id)? {
+            if s.peer != peer {
+                return Ok(Body::Reject(Reject {
+                    transfer_id: offer.transfer_id,
+                    code: RejectCode::Busy,
+                    message: "that transfer id belongs to another peer".into(),
+                }));
+            }
             return Ok(Body::Accept(s.accept()));
         }
         if !crate::tree::valid_chunk_size(offer.chunk_size) {
@@ -265,18 +274,37 @@ impl Server {
         Ok(Body::Accept(s.accept()))
     }
 
-    fn on_reload(&self, reload: &Reload) -> Result<Option<Arc<FileStream>>, NodeError> {
+    /// A Reload joins a transfer only if it belongs to the same peer key.
+    fn on_reload(&self, reload: &Reload, peer: &str) -> Result<Option<Arc<FileStream>>, NodeError> {
         let Some(s) = self.load(&reload.transfer_id)? else {
             return Ok(None);
         };
-        Ok(Some(s))
+        Ok((s.peer == peer).then_some(s))
     }
 }
 
-/// One accepted link: Hello, then FILE frames until it closes or misbehaves.
+/// One accepted link: Noise handshake, Hello, then FILE frames until it
+/// closes or misbehaves.
 async fn serve_link(server: Arc<Server>, link: Box<dyn Link>, mut stop: watch::Receiver<bool>) {
     let info = link.info().clone();
-    let (mut tx, mut rx) = link.split();
+    let cfg = &server.cfg;
+    let secure = tokio::select! {
+        _ = stop.changed() => return,
+        r = gateway_secure::accept(link, &server.state.key, cfg.handshake_timeout) => r,
+    };
+    let link = match secure {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(peer = %info.peer, "handshake failed, link dropped: {e}");
+            let _ = server.events.send(ServeEvent::Refused {
+                peer: info.peer.clone(),
+                why: format!("handshake failed: {e}"),
+            });
+            return;
+        }
+    };
+    let remote = link.remote_id();
+    let (mut tx, mut rx) = Box::new(link).split();
     let (otx, mut orx) = mpsc::channel::<Bytes>(256);
     // The link's writer: acks, checkpoints, verdicts, errors, in order.
     let writer = tokio::spawn(async move {
@@ -288,12 +316,26 @@ async fn serve_link(server: Arc<Server>, link: Box<dyn Link>, mut stop: watch::R
         }
         let _ = tx.close().await;
     });
-    let cfg = &server.cfg;
     let hello = wire::hello(&server.state, Vec::new());
     let _ = otx.send(wire::encode(Body::Hello(hello))).await;
     let peer = tokio::select! {
         _ = stop.changed() => None,
         r = first_hello(&mut *rx, &cfg.limits, cfg.hello_timeout) => match r {
+            Ok(h) if h.node_id.replace('-', "") != remote.as_str().replace('-', "") => {
+                refuse_with(
+                    &server,
+                    &otx,
+                    &info.peer,
+                    None,
+                    ErrorCode::NotTrusted,
+                    format!(
+                        "Hello claims node id {} but the link's key is {remote}; refusing a peer that lies about its identity",
+                        h.node_id
+                    ),
+                )
+                .await;
+                None
+            }
             Ok(h) => Some(h),
             Err(e) => {
                 refuse(&server, &otx, &info.peer, None, &e).await;
@@ -301,30 +343,70 @@ async fn serve_link(server: Arc<Server>, link: Box<dyn Link>, mut stop: watch::R
             }
         }
     };
-    if let Some(peer) = peer {
-        let now = now_ms();
-        let rec = PeerRecord {
-            node_id: peer.node_id.clone(),
-            name: peer.name.clone(),
-            node_type: peer.node_type.clone(),
-            macs: peer.macs.clone(),
-            ips: vec![info.peer.clone()],
-            links: peer.links.clone(),
-            trust: "any".into(),
-            first_seen_ms: now,
-            last_seen_ms: now,
-        };
-        if let Err(e) = server.state.store().upsert_peer(&rec) {
-            tracing::warn!("peerstore: {e}");
+    if let Some(hello) = peer {
+        match trust::record_hello(&server.state, cfg.trust, &remote, &hello, &info.peer) {
+            Ok(rec) => {
+                tracing::info!(peer = %hello.name, id = %remote, trust = %rec.trust, "hello")
+            }
+            Err(e) => tracing::warn!("peerstore: {e}"),
         }
-        tracing::info!(peer = %peer.name, id = %peer.node_id, "hello");
+        let who = Peer {
+            id: remote,
+            name: hello.name,
+            addr: info.peer.clone(),
+        };
         tokio::select! {
             _ = stop.changed() => {}
-            () = file_loop(&server, &mut *rx, &otx, &peer.node_id, &info.peer) => {}
+            () = file_loop(&server, &mut *rx, &otx, &who) => {}
         }
     }
     drop(otx);
     let _ = writer.await;
+}
+
+/// The verified peer on a link.
+struct Peer {
+    id: NodeId,
+    name: String,
+    addr: String,
+}
+
+impl Server {
+    /// `Some(Reject)` unless `peer` may open a FILE stream now.
+    fn refuse_untrusted(&self, peer: &Peer, transfer_id: TransferId) -> Option<Reject> {
+        let decision = match trust::decide(&self.state, self.cfg.trust, &peer.id, &peer.name) {
+            Ok(d) => d,
+            Err(e) => {
+                return Some(Reject {
+                    transfer_id,
+                    code: RejectCode::Other,
+                    message: format!("cannot read the trust store: {e}"),
+                });
+            }
+        };
+        match decision {
+            Decision::Trusted => None,
+            Decision::Untrusted { hint } => Some(Reject {
+                transfer_id,
+                code: RejectCode::NotTrusted,
+                message: hint,
+            }),
+            Decision::KeyChanged {
+                name,
+                known,
+                presented,
+            } => {
+                tracing::error!(%name, %known, %presented, "a known peer name presents a different key");
+                Some(Reject {
+                    transfer_id,
+                    code: RejectCode::NotTrusted,
+                    message: format!(
+                        "{name} was pinned to key {known} but this link presents {presented}; if the peer really changed its key, run `gateway untrust {known}` and pair again"
+                    ),
+                })
+            }
+        }
+    }
 }
 
 async fn first_hello(
@@ -386,11 +468,14 @@ async fn file_loop(
     server: &Arc<Server>,
     rx: &mut dyn FrameRx,
     otx: &mpsc::Sender<Bytes>,
-    peer_id: &str,
-    peer_addr: &str,
+    peer: &Peer,
 ) {
+    let peer_id = peer.id.as_str();
+    let peer_addr = peer.addr.as_str();
     // The stream this link last worked on (a link may carry several transfers).
     let mut current: Option<Arc<FileStream>> = None;
+    // Transfers this link joined by Offer or Reload: the only ones it may feed.
+    let mut joined: std::collections::HashSet<TransferId> = std::collections::HashSet::new();
     loop {
         let frame = match wire::recv(rx, &server.cfg.limits).await {
             Ok(f) => f,
@@ -399,6 +484,17 @@ async fn file_loop(
                 return;
             }
         };
+        // Only a trusted key opens a FILE stream; anyone may say Hello.
+        let refusal = match &frame.body {
+            Body::Offer(o) => server.refuse_untrusted(peer, o.transfer_id),
+            Body::Reload(r) => server.refuse_untrusted(peer, r.transfer_id),
+            _ => None,
+        };
+        if let Some(r) = refusal {
+            tracing::warn!(peer = %peer.id, name = %peer.name, "refused: {}", r.message);
+            let _ = otx.send(wire::encode(Body::Reject(r))).await;
+            continue;
+        }
         match frame.body {
             Body::Offer(offer) => match server.on_offer(&offer, peer_id) {
                 Ok(body) => {
@@ -406,6 +502,7 @@ async fn file_loop(
                         && let Some(s) = server.stream(&offer.transfer_id)
                     {
                         s.attach(otx);
+                        joined.insert(offer.transfer_id);
                         current = Some(s);
                     }
                     let _ = otx.send(wire::encode(body)).await;
@@ -421,9 +518,10 @@ async fn file_loop(
                         .await;
                 }
             },
-            Body::Reload(reload) => match server.on_reload(&reload) {
+            Body::Reload(reload) => match server.on_reload(&reload, peer_id) {
                 Ok(Some(s)) => {
                     s.attach(otx);
+                    joined.insert(reload.transfer_id);
                     let _ = otx.send(wire::encode(Body::Accept(s.accept()))).await;
                     current = Some(s);
                 }
@@ -458,7 +556,10 @@ async fn file_loop(
             Body::Data(data) => {
                 let s = match &current {
                     Some(s) if s.id == data.transfer_id => s.clone(),
-                    _ => match server.stream(&data.transfer_id) {
+                    _ => match server
+                        .stream(&data.transfer_id)
+                        .filter(|_| joined.contains(&data.transfer_id))
+                    {
                         Some(s) => {
                             s.attach(otx);
                             current = Some(s.clone());
@@ -471,7 +572,8 @@ async fn file_loop(
                                 peer_addr,
                                 Some(data.transfer_id),
                                 ErrorCode::UnknownTransfer,
-                                "Data for a transfer that was not offered on this node".into(),
+                                "Data for a transfer this link did not join with Offer or Reload"
+                                    .into(),
                             )
                             .await;
                             return;
@@ -518,7 +620,12 @@ async fn file_loop(
                 }
             }
             Body::Complete(c) => {
-                let Some(s) = server.load(&c.transfer_id).ok().flatten() else {
+                let Some(s) = server
+                    .load(&c.transfer_id)
+                    .ok()
+                    .flatten()
+                    .filter(|_| joined.contains(&c.transfer_id))
+                else {
                     refuse_with(
                         server,
                         otx,

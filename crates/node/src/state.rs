@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use gateway_secure::NodeKey;
 use gateway_store::Store;
 
 use crate::NodeError;
@@ -22,7 +23,9 @@ pub struct NodeState {
     /// Where it lives.
     pub dir: PathBuf,
     store: Arc<Mutex<Store>>,
-    /// This node's id (random until node keys exist), stable across runs.
+    /// The static key every link is authenticated with.
+    pub key: Arc<NodeKey>,
+    /// This node's id: the fingerprint of its key.
     pub node_id: String,
     /// This node's name (the host name).
     pub name: String,
@@ -46,17 +49,9 @@ impl NodeState {
             .mode(0o700)
             .create(dir)
             .map_err(|e| NodeError::io(format!("cannot create state dir {}", dir.display()), e))?;
+        let key = NodeKey::load_or_create(dir)?;
+        let node_id = key.node_id().to_string();
         let store = Store::open(&dir.join("gateway.db"))?;
-        let node_id = match store.meta_get("node_id")? {
-            Some(id) => id,
-            None => {
-                let mut b = [0u8; 10];
-                getrandom::fill(&mut b).map_err(|e| NodeError::Other(e.to_string()))?;
-                let id = hex::encode(b);
-                store.meta_set("node_id", &id)?;
-                id
-            }
-        };
         let name = nix::unistd::gethostname()
             .ok()
             .and_then(|h| h.into_string().ok())
@@ -64,6 +59,7 @@ impl NodeState {
         Ok(Self {
             dir: dir.to_path_buf(),
             store: Arc::new(Mutex::new(store)),
+            key: Arc::new(key),
             node_id,
             name,
         })

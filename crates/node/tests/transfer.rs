@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gateway_link::{FrameRx, FrameTx, LinkError, Registry};
+use gateway_link::{FrameRx, FrameTx, Link, LinkError, Registry};
 use gateway_node::send::{SendOptions, SendProgress, SendReport};
 use gateway_node::serve::{ServeHandle, ServeOptions};
 use gateway_node::{NodeConfig, NodeError, NodeState, wire};
@@ -28,6 +28,14 @@ fn small_cfg() -> NodeConfig {
     cfg.engine.retry_interval = Duration::from_millis(100);
     cfg.pause_after = Duration::from_secs(3);
     cfg
+}
+
+/// Lab policy: any key may send (for hand-driven peers with fresh keys).
+fn any_cfg() -> NodeConfig {
+    NodeConfig {
+        trust: gateway_secure::TrustPolicy::Any,
+        ..small_cfg()
+    }
 }
 
 struct Running {
@@ -61,6 +69,13 @@ impl Pair {
         let root = tempfile::tempdir().unwrap();
         let p = root.path().to_path_buf();
         std::fs::create_dir_all(p.join("outbox")).unwrap();
+        // The two nodes trust each other's keys, as after `gateway pair`.
+        let r = NodeState::open(&p.join("recv-state")).unwrap();
+        let s = NodeState::open(&p.join("send-state")).unwrap();
+        for (me, other) in [(&r, &s), (&s, &r)] {
+            let id = gateway_secure::NodeId::parse(&other.node_id).unwrap();
+            gateway_node::trust::set_trust(me, &id, None, gateway_node::trust::PAIRED).unwrap();
+        }
         Self {
             reg: Arc::new(gateway_node::registry::default_registry()),
             inbox: p.join("inbox"),
@@ -256,14 +271,30 @@ async fn user_stop_then_rerun_resumes_on_a_restarted_receiver() {
 
 /// A hand-driven peer: Hello done, then raw frames.
 async fn raw_peer(reg: &Registry, sel: &str) -> (Box<dyn FrameTx>, Box<dyn FrameRx>) {
+    raw_peer_claiming(reg, sel, None).await
+}
+
+/// A peer with its own fresh key; its Hello claims `claim` as node id if given.
+async fn raw_peer_claiming(
+    reg: &Registry,
+    sel: &str,
+    claim: Option<&str>,
+) -> (Box<dyn FrameTx>, Box<dyn FrameRx>) {
     let link = reg.open(sel).await.unwrap();
-    let (mut tx, mut rx) = link.split();
     let state_dir = tempfile::tempdir().unwrap();
     let st = NodeState::open(state_dir.path()).unwrap();
+    let secure = gateway_secure::connect(link, &st.key, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (mut tx, mut rx) = Box::new(secure).split();
+    let mut hello = wire::hello(&st, vec![]);
+    if let Some(c) = claim {
+        hello.node_id = c.to_string();
+    }
     wire::exchange_hello(
         &mut *tx,
         &mut *rx,
-        wire::hello(&st, vec![]),
+        hello,
         &Limits::default(),
         Duration::from_secs(5),
     )
@@ -344,7 +375,7 @@ async fn offers_with_unsafe_names_are_refused_and_nothing_is_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_past_the_end_and_unknown_reloads_are_refused() {
     let pair = Pair::new();
-    let server = pair.serve(&["mock:bounds"]).await;
+    let server = pair.serve_with(&["mock:bounds"], any_cfg()).await;
     let (mut tx, mut rx) = raw_peer(&pair.reg, "mock:bounds").await;
     wire::send(&mut *tx, Body::Offer(offer("small.bin", 100)))
         .await
@@ -402,7 +433,7 @@ async fn a_bad_peer_does_not_disturb_another_transfer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_offer_larger_than_the_free_space_is_rejected_with_numbers() {
     let pair = Pair::new();
-    let server = pair.serve(&["mock:space"]).await;
+    let server = pair.serve_with(&["mock:space"], any_cfg()).await;
     let (mut tx, mut rx) = raw_peer(&pair.reg, "mock:space").await;
     wire::send(&mut *tx, Body::Offer(offer("huge.bin", 1 << 49)))
         .await
@@ -490,5 +521,146 @@ async fn a_disk_that_fills_mid_transfer_pauses_and_resumes_without_corruption() 
     let report = pair.send(&src, &["mock:full".into()]).await.unwrap();
     assert!(report.bytes_resumed > 0, "{report:?}");
     assert_eq!(std::fs::read(pair.inbox.join("big.bin")).unwrap(), data);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_sender_is_refused_with_a_pairing_hint_and_nothing_is_written() {
+    let pair = Pair::new();
+    let server = pair.serve(&["mock:untrusted"]).await;
+    let (mut tx, mut rx) = raw_peer(&pair.reg, "mock:untrusted").await;
+    wire::send(&mut *tx, Body::Offer(offer("x.bin", 10)))
+        .await
+        .unwrap();
+    let f = wire::recv_within(&mut *rx, &Limits::default(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let Body::Reject(r) = f.body else {
+        panic!(
+            "expected Reject, got {}",
+            gateway_node::serve::body_name(&f.body)
+        )
+    };
+    assert_eq!(r.code, gateway_proto::RejectCode::NotTrusted);
+    assert!(
+        r.message.contains("gateway pair"),
+        "no pairing hint: {}",
+        r.message
+    );
+    // It still shows up among the peers, as untrusted.
+    let st = NodeState::open(&pair.recv_state).unwrap();
+    let peers = st.store().peers().unwrap();
+    assert!(
+        peers
+            .iter()
+            .any(|p| p.trust == gateway_node::trust::UNTRUSTED)
+    );
+    assert!(!pair.inbox.exists() || std::fs::read_dir(&pair.inbox).unwrap().count() == 0);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusting_the_sender_refuses_its_next_send() {
+    let pair = Pair::new();
+    let server = pair.serve(&["mock:untrust"]).await;
+    let src = pair.outbox.join("u.bin");
+    write_file(&src, 100_000, 7);
+    pair.send(&src, &["mock:untrust".into()]).await.unwrap();
+    let r = NodeState::open(&pair.recv_state).unwrap();
+    let s = NodeState::open(&pair.send_state).unwrap();
+    let sid = gateway_secure::NodeId::parse(&s.node_id).unwrap();
+    gateway_node::trust::set_trust(&r, &sid, None, gateway_node::trust::UNTRUSTED).unwrap();
+    std::fs::write(&src, b"changed").unwrap();
+    let err = pair.send(&src, &["mock:untrust".into()]).await.unwrap_err();
+    assert!(matches!(err, NodeError::Rejected(_)), "{err:?}");
+    assert!(err.to_string().contains("gateway pair"), "{err}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_that_lies_about_the_node_id_drops_the_link() {
+    let pair = Pair::new();
+    let server = pair.serve_with(&["mock:liar"], any_cfg()).await;
+    let s = NodeState::open(&pair.send_state).unwrap();
+    // Claims to be the (trusted) sender, but holds another key.
+    let link = pair.reg.open("mock:liar").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let st = NodeState::open(dir.path()).unwrap();
+    let secure = gateway_secure::connect(link, &st.key, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (mut tx, mut rx) = Box::new(secure).split();
+    let mut hello = wire::hello(&st, vec![]);
+    hello.node_id = s.node_id.clone();
+    wire::send(&mut *tx, Body::Hello(hello)).await.unwrap();
+    // Their Hello, then our Error and the drop.
+    let f = wire::recv_within(&mut *rx, &Limits::default(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(matches!(f.body, Body::Hello(_)));
+    let msg = expect_error_and_drop(&mut *rx, ErrorCode::NotTrusted).await;
+    assert!(msg.contains("lies"), "{msg}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_byte_on_a_tcp_link_is_ciphertext() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let pair = Pair::new();
+    let server = pair.serve(&["tcp:127.0.0.1:0"]).await;
+    let target = server.local_selectors[0]
+        .trim_start_matches("tcp:")
+        .to_string();
+    // A recording proxy between sender and receiver.
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = proxy.local_addr().unwrap();
+    let captured = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let cap = captured.clone();
+    tokio::spawn(async move {
+        while let Ok((mut a, _)) = proxy.accept().await {
+            let mut b = tokio::net::TcpStream::connect(&target).await.unwrap();
+            let cap = cap.clone();
+            tokio::spawn(async move {
+                let (mut ar, mut aw) = a.split();
+                let (mut br, mut bw) = b.split();
+                let up = async {
+                    let mut buf = vec![0u8; 1 << 16];
+                    loop {
+                        let n = ar.read(&mut buf).await.unwrap_or(0);
+                        if n == 0 {
+                            let _ = bw.shutdown().await;
+                            break;
+                        }
+                        cap.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if bw.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut br, &mut aw).await;
+                };
+                tokio::join!(up, down);
+            });
+        }
+    });
+    let src = pair.outbox.join("secret.txt");
+    let marker = b"THE-PLAINTEXT-MARKER-THAT-MUST-NEVER-BE-SEEN-ON-THE-WIRE ";
+    std::fs::write(&src, marker.repeat(4000)).unwrap();
+    pair.send(&src, &[format!("tcp:{proxy_addr}")])
+        .await
+        .unwrap();
+    let wire_bytes = captured.lock().unwrap().clone();
+    assert!(
+        wire_bytes.len() > 200_000,
+        "captured only {} bytes",
+        wire_bytes.len()
+    );
+    let found = wire_bytes.windows(16).any(|w| w == &marker[..16]);
+    assert!(!found, "plaintext of the file seen on the wire");
+    assert!(
+        !wire_bytes.windows(8).any(|w| w == b"secret.t"),
+        "the file name travelled in clear"
+    );
     server.shutdown().await.unwrap();
 }

@@ -1,0 +1,148 @@
+//! Who may open a FILE stream: the peerstore's trust strings plus the policy.
+//!
+//! Identity is the Noise static key (its [`NodeId`]); a Hello that claims
+//! another id is a lie and the link is dropped. Trust strings in the store:
+//! `paired` (SPAKE2 pairing or `gateway trust`), `tofu` (first key seen for a
+//! name under the tofu policy), `untrusted` (seen, or `gateway untrust`).
+
+use gateway_proto::Hello;
+use gateway_secure::{Decision, NodeId, TrustPolicy};
+use gateway_store::PeerRecord;
+
+use crate::NodeError;
+use crate::state::{NodeState, now_ms};
+
+/// Trust string for a paired peer.
+pub const PAIRED: &str = "paired";
+/// Trust string for a peer pinned on first use.
+pub const TOFU: &str = "tofu";
+/// Trust string for a peer seen but not trusted.
+pub const UNTRUSTED: &str = "untrusted";
+
+/// Records a verified peer (its Hello, on a link whose key is `id`). Keeps
+/// the trust it had; a new peer is `untrusted`, or `tofu` under the tofu
+/// policy when no other key is pinned for its name.
+pub fn record_hello(
+    state: &NodeState,
+    policy: TrustPolicy,
+    id: &NodeId,
+    hello: &Hello,
+    addr: &str,
+) -> Result<PeerRecord, NodeError> {
+    let store = state.store();
+    let now = now_ms();
+    let old = store.peer(id.as_str())?;
+    let trust = match &old {
+        Some(p) => p.trust.clone(),
+        None if policy == TrustPolicy::Tofu
+            && pinned_for_name_in(&store, &hello.name)?.is_none() =>
+        {
+            TOFU.to_string()
+        }
+        None => UNTRUSTED.to_string(),
+    };
+    let mut ips: Vec<String> = old.as_ref().map(|p| p.ips.clone()).unwrap_or_default();
+    if !addr.is_empty() && !ips.iter().any(|a| a == addr) {
+        ips.insert(0, addr.to_string());
+        ips.truncate(16);
+    }
+    let rec = PeerRecord {
+        node_id: id.to_string(),
+        name: hello.name.clone(),
+        node_type: hello.node_type.clone(),
+        macs: hello.macs.clone(),
+        ips,
+        links: hello.links.clone(),
+        trust,
+        first_seen_ms: old.as_ref().map_or(now, |p| p.first_seen_ms),
+        last_seen_ms: now,
+    };
+    store.upsert_peer(&rec)?;
+    Ok(rec)
+}
+
+fn pinned_for_name_in(
+    store: &gateway_store::Store,
+    name: &str,
+) -> Result<Option<NodeId>, NodeError> {
+    let mut pinned: Vec<PeerRecord> = store
+        .peers()?
+        .into_iter()
+        .filter(|p| p.name == name && (p.trust == TOFU || p.trust == PAIRED))
+        .collect();
+    pinned.sort_by_key(|p| p.first_seen_ms);
+    Ok(pinned.first().and_then(|p| NodeId::parse(&p.node_id).ok()))
+}
+
+/// Whether `id` (named `name` in its Hello) may open a FILE stream here.
+pub fn decide(
+    state: &NodeState,
+    policy: TrustPolicy,
+    id: &NodeId,
+    name: &str,
+) -> Result<Decision, NodeError> {
+    let store = state.store();
+    let known = store.peer(id.as_str())?.map(|p| p.trust);
+    let pinned = pinned_for_name_in(&store, name)?;
+    Ok(gateway_secure::decide(
+        policy,
+        id,
+        known.as_deref(),
+        name,
+        pinned.as_ref(),
+    ))
+}
+
+/// Sets a peer's trust (`gateway trust` / `untrust` / pairing). The peer is
+/// created if it was never seen.
+pub fn set_trust(
+    state: &NodeState,
+    id: &NodeId,
+    name: Option<&str>,
+    trust: &str,
+) -> Result<(), NodeError> {
+    let store = state.store();
+    let now = now_ms();
+    let mut rec = store.peer(id.as_str())?.unwrap_or(PeerRecord {
+        node_id: id.to_string(),
+        name: String::new(),
+        node_type: String::new(),
+        macs: Vec::new(),
+        ips: Vec::new(),
+        links: Vec::new(),
+        trust: UNTRUSTED.into(),
+        first_seen_ms: now,
+        last_seen_ms: now,
+    });
+    if let Some(n) = name {
+        rec.name = n.to_string();
+    }
+    rec.trust = trust.to_string();
+    store.upsert_peer(&rec)?;
+    Ok(())
+}
+
+/// Finds a known peer by full id, unique id prefix (dashes optional) or name.
+pub fn find_peer(state: &NodeState, query: &str) -> Result<PeerRecord, NodeError> {
+    let peers = state.store().peers()?;
+    let norm = |s: &str| s.replace('-', "").to_ascii_lowercase();
+    let q = norm(query);
+    let hits: Vec<&PeerRecord> = peers
+        .iter()
+        .filter(|p| (!q.is_empty() && norm(&p.node_id).starts_with(&q)) || p.name == query)
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => Err(NodeError::Other(format!(
+            "no known peer matches {query:?}; `gateway peers` lists the ones this node has seen"
+        ))),
+        many => Err(NodeError::Other(format!(
+            "{query:?} matches {} peers ({}); give more of the id",
+            many.len(),
+            many.iter()
+                .map(|p| p.node_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
