@@ -111,6 +111,16 @@ cached_pct() {
 }
 
 # A TCP port on 127.0.0.1 that nothing listens on (checked, not reserved).
+# Two state dirs that trust each other's node keys, as after `gateway pair`
+# (setup, not timed): trust_pair GW STATE_A STATE_B
+trust_pair() {
+  local gw=$1 a=$2 b=$3 ida idb
+  ida=$("$gw" -q --state "$a" id) || die "gateway id failed for $a"
+  idb=$("$gw" -q --state "$b" id) || die "gateway id failed for $b"
+  "$gw" -q --state "$a" trust "$idb" > /dev/null || die "gateway trust failed"
+  "$gw" -q --state "$b" trust "$ida" > /dev/null || die "gateway trust failed"
+}
+
 free_port() {
   local p i
   for ((i = 0; i < 100; i++)); do

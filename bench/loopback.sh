@@ -76,6 +76,7 @@ run_gateway() {  # links run -> appends a result line
     port=$(free_port)
     listen+=(--listen "tcp:127.0.0.1:$port"); to+=(--to "tcp:127.0.0.1:$port")
   done
+  trust_pair "$GW" "$d/state-recv" "$d/state-send"
   bg_start "$GW" -q --state "$d/state-recv" serve --dir "$d/recv" "${listen[@]}" > "$d/serve.log" 2>&1
   s=$BG_LAST
   for ((i = 1; i < ${#listen[@]}; i += 2)); do

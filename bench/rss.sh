@@ -33,6 +33,7 @@ vm_kib() { awk -v k="$2" '$1==k":" {print $2}' "/proc/$1/status" 2>/dev/null || 
 P1=$(free_port); P2=$(free_port)
 while [ "$P2" = "$P1" ]; do P2=$(free_port); done
 mkdir -p "$WORK/recv"
+trust_pair "$GW" "$WORK/state-recv" "$WORK/state-send"
 bg_start "$GW" -q --state "$WORK/state-recv" serve --dir "$WORK/recv" \
   --listen "tcp:127.0.0.1:$P1" --listen "tcp:127.0.0.1:$P2" > "$WORK/serve.log" 2>&1
 SERVE=$BG_LAST
