@@ -24,55 +24,90 @@ impl std::fmt::Debug for NodeKey {
 const KEY_FILE: &str = "node.key";
 
 impl NodeKey {
-    /// Loads `dir/node.key`, creating it (mode 0600) on first start. The file
-    /// holds two hex lines: the private key, then the public key. A key file
-    /// that group or others can read is refused.
+    /// Loads `dir/node.key`, creating `dir` and the key (mode 0600) on first
+    /// start. The file holds two lines of 64 hex digits: the X25519 private
+    /// key, then its public key (checked against the private one on load).
+    /// A key file that group or others can read or write is refused with the
+    /// `chmod` that fixes it.
     pub fn load_or_create(dir: &Path) -> Result<NodeKey, SecureError> {
         let path = dir.join(KEY_FILE);
+        match Self::load(&path) {
+            Err(SecureError::Key { err, .. }) if err.kind() == std::io::ErrorKind::NotFound => {}
+            other => return other,
+        }
         let shown = path.display().to_string();
         let key_err = |err| SecureError::Key {
             path: shown.clone(),
             err,
         };
-        match std::fs::metadata(&path) {
-            Ok(md) => {
-                if md.permissions().mode() & 0o077 != 0 {
-                    return Err(SecureError::KeyPermissions { path: shown });
+        std::fs::create_dir_all(dir).map_err(key_err)?;
+        let key = Self::generate()?;
+        // Written under a temporary name and hard-linked into place, so a
+        // crash never leaves a half-written key and two nodes starting at
+        // once on one state dir agree on one key.
+        let tmp = dir.join(format!("{KEY_FILE}.{}.tmp", std::process::id()));
+        let written = (|| {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            writeln!(f, "{}\n{}", hex(&key.private), hex(&key.public))?;
+            f.sync_all()?;
+            std::fs::hard_link(&tmp, &path)
+        })();
+        let _ = std::fs::remove_file(&tmp);
+        match written {
+            Ok(()) => {
+                if let Ok(d) = std::fs::File::open(dir) {
+                    let _ = d.sync_all();
                 }
-                let text = std::fs::read_to_string(&path).map_err(key_err)?;
-                Self::parse(&text).map_err(|why| SecureError::KeyCorrupt { path: shown, why })
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                std::fs::create_dir_all(dir).map_err(key_err)?;
-                let kp = crate::noise::builder()
-                    .generate_keypair()
-                    .map_err(|e| SecureError::Handshake(e.to_string()))?;
-                let key = NodeKey {
-                    private: kp.private.as_slice().try_into().map_err(|_| {
-                        SecureError::Handshake("X25519 private key is not 32 bytes".into())
-                    })?,
-                    public: kp.public.as_slice().try_into().map_err(|_| {
-                        SecureError::Handshake("X25519 public key is not 32 bytes".into())
-                    })?,
-                };
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&path)
-                    .map_err(key_err)?;
-                writeln!(f, "{}\n{}", hex(&key.private), hex(&key.public)).map_err(key_err)?;
-                f.sync_all().map_err(key_err)?;
+                tracing::info!(id = %key.node_id(), path = %shown, "created a new node key");
                 Ok(key)
             }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Self::load(&path),
             Err(e) => Err(key_err(e)),
         }
+    }
+
+    fn load(path: &Path) -> Result<NodeKey, SecureError> {
+        let shown = path.display().to_string();
+        let md = std::fs::metadata(path).map_err(|err| SecureError::Key {
+            path: shown.clone(),
+            err,
+        })?;
+        if md.permissions().mode() & 0o077 != 0 {
+            return Err(SecureError::KeyPermissions { path: shown });
+        }
+        let text = std::fs::read_to_string(path).map_err(|err| SecureError::Key {
+            path: shown.clone(),
+            err,
+        })?;
+        Self::parse(&text).map_err(|why| SecureError::KeyCorrupt { path: shown, why })
+    }
+
+    fn generate() -> Result<NodeKey, SecureError> {
+        let kp = crate::noise::builder()
+            .generate_keypair()
+            .map_err(|e| SecureError::Handshake(format!("cannot generate a key: {e}")))?;
+        let private: [u8; 32] = kp
+            .private
+            .as_slice()
+            .try_into()
+            .map_err(|_| SecureError::Handshake("X25519 private key is not 32 bytes".into()))?;
+        let public = public_of(&private)
+            .ok_or_else(|| SecureError::Handshake("no X25519 implementation".into()))?;
+        Ok(NodeKey { private, public })
     }
 
     fn parse(text: &str) -> Result<NodeKey, String> {
         let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
         let private = unhex32(lines.next().ok_or("empty file")?)?;
         let public = unhex32(lines.next().ok_or("no public key line")?)?;
+        if public_of(&private) != Some(public) {
+            return Err("the public key does not belong to the private key".into());
+        }
         Ok(NodeKey { private, public })
     }
 
@@ -89,6 +124,15 @@ impl NodeKey {
     pub fn node_id(&self) -> NodeId {
         NodeId::from_public(&self.public)
     }
+}
+
+/// The X25519 public key of `private`.
+fn public_of(private: &[u8; 32]) -> Option<[u8; 32]> {
+    use snow::resolvers::CryptoResolver;
+    let mut dh =
+        snow::resolvers::DefaultResolver.resolve_dh(&snow::params::DHChoice::Curve25519)?;
+    dh.set(private);
+    dh.pubkey().try_into().ok()
 }
 
 fn hex(b: &[u8]) -> String {

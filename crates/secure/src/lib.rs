@@ -29,7 +29,7 @@ pub enum SecureError {
     },
     /// The key file is readable by others.
     #[error(
-        "node key {path} is readable by other users; run `chmod 600 {path}` (or delete it to make a new identity)"
+        "node key {path} is open to other users (group or other permission bits set); run `chmod 600 {path}` (or delete it to make a new identity, after which peers must pair again)"
     )]
     KeyPermissions {
         /// The key file.
@@ -45,14 +45,28 @@ pub enum SecureError {
         /// What is wrong.
         why: String,
     },
-    /// The Noise handshake failed (bad, truncated or replayed message, wrong protocol).
+    /// The Noise handshake failed: a message was truncated, altered or
+    /// replayed, or the peer is not a gateway node. The link is dropped.
     #[error("handshake failed: {0}")]
     Handshake(String),
-    /// The peer did not finish in time.
-    #[error("no answer within {0:?}")]
+    /// The peer speaks another version of gateway's handshake.
+    #[error(
+        "the peer speaks handshake version {peer:?}, this node gateway/1; run the same gateway version on both nodes"
+    )]
+    Version {
+        /// The version string the peer sent (at most 32 bytes, lossy UTF-8).
+        peer: String,
+    },
+    /// The peer did not finish the handshake or pairing in time; nothing of
+    /// the link is kept.
+    #[error(
+        "the peer did not answer within {0:?}; check that a gateway node listens there (and, for pairing, that the other side runs `gateway pair`)"
+    )]
     Timeout(std::time::Duration),
-    /// The pairing code was wrong on one side.
-    #[error("wrong pairing code: the codes on the two nodes differ (or someone guessed)")]
+    /// The pairing codes on the two sides differ; neither side trusts the other.
+    #[error(
+        "wrong pairing code: the code typed here is not the one the other node shows; nothing was trusted, try again with the code `gateway pair` printed"
+    )]
     WrongCode,
     /// Not a pairing code.
     #[error("{0:?} is not a pairing code; it looks like 7-violet-anchor")]

@@ -1,13 +1,22 @@
 //! Noise XX over any `Link`: the handshake travels in the link's frames, then
 //! every frame is encrypted and authenticated.
 //!
-//! A frame larger than one Noise message (65535 bytes) is encrypted as a run
-//! of Noise messages written back to back into ONE inner frame: every
-//! segment but the last is exactly 65535 bytes, so no header is needed and
-//! the inner link still moves whole frames. Each direction counts its own
-//! nonces, so the two halves work from different tasks; a tampered,
-//! replayed, reordered or cut frame fails to decrypt and the link is then
-//! unusable (`LinkError::Corrupt`).
+//! Handshake: `Noise_XX_25519_AESGCM_SHA256` (ring does AES-GCM and SHA-256;
+//! snow's own X25519, since ring cannot take a static private key), prologue
+//! `gateway/1`. The first message's cleartext payload is the same version
+//! string, so a peer of another version is told so instead of "decrypt
+//! error"; the other two payloads are empty.
+//!
+//! Transport: a frame larger than one Noise message (65535 bytes) is sealed
+//! as a run of Noise messages written back to back into ONE inner frame.
+//! Every segment but the last is exactly 65535 bytes (65519 of plaintext),
+//! so no header is needed and the inner link still moves whole frames. Each
+//! direction counts its own nonces (snow's stateless transport with explicit
+//! nonces, shared in an `Arc`), so the two halves work from different tasks.
+//! A tampered, replayed, reordered or cut frame fails to authenticate:
+//! `recv` returns `LinkError::Corrupt` and keeps returning it, because the
+//! nonce stream is lost; drop the link and open a new one. A failed `send`
+//! likewise leaves the link unusable.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +52,7 @@ pub struct SecureLink {
     rx: SecureRx,
     caps: LinkCaps,
     info: LinkInfo,
+    local: [u8; 32],
     remote: [u8; 32],
     hash: [u8; 32],
 }
@@ -72,7 +82,12 @@ impl SecureLink {
         self.hash
     }
 
-    /// Both halves, for request/response exchanges before `split`.
+    /// This node's static public key on this link.
+    pub(crate) fn local_public(&self) -> &[u8; 32] {
+        &self.local
+    }
+
+    /// Both halves, for request/response exchanges (pairing) before `split`.
     pub fn frames(&mut self) -> (&mut dyn FrameTx, &mut dyn FrameRx) {
         (&mut self.tx, &mut self.rx)
     }
@@ -115,7 +130,21 @@ pub async fn accept(
 }
 
 fn hs_err(e: snow::Error) -> SecureError {
-    SecureError::Handshake(e.to_string())
+    SecureError::Handshake(format!("the Noise library refused to proceed: {e}"))
+}
+
+/// Why reading handshake message `n` (1..=3) failed, in words.
+fn read_err(n: usize, len: usize, e: &snow::Error) -> SecureError {
+    let why = match e {
+        snow::Error::Decrypt => {
+            "it failed authentication (altered, replayed, from another session, or the peer runs another gateway version)"
+        }
+        snow::Error::Input => "it is truncated or malformed",
+        _ => "it is invalid",
+    };
+    SecureError::Handshake(format!(
+        "handshake message {n} ({len} bytes) was refused: {why}; the link is dropped"
+    ))
 }
 
 async fn handshake(
@@ -139,23 +168,39 @@ async fn handshake(
     .map_err(hs_err)?;
     let mut buf = vec![0u8; MAX_MSG];
     let mut payload = vec![0u8; MAX_MSG];
-    // XX: -> e; <- e, ee, s, es; -> s, se.
-    let mut my_turn = initiator;
+    // XX: -> e; <- e, ee, s, es; -> s, se. Message 1 carries the version in
+    // clear (it is also the prologue, so it cannot be swapped unnoticed).
+    let mut n = 1;
     while !hs.is_handshake_finished() {
+        let my_turn = (n % 2 == 1) == initiator;
+        let version: &[u8] = if n == 1 { PROLOGUE } else { &[] };
         if my_turn {
-            let n = hs.write_message(&[], &mut buf).map_err(hs_err)?;
-            tx.send(&buf[..n]).await?;
+            let len = hs.write_message(version, &mut buf).map_err(hs_err)?;
+            tx.send(&buf[..len]).await?;
         } else {
             let msg = rx.recv().await?;
             if msg.len() > MAX_MSG {
                 return Err(SecureError::Handshake(format!(
-                    "handshake message of {} bytes",
+                    "handshake message {n} is {} bytes, more than a Noise message can be; the peer does not speak gateway's handshake",
                     msg.len()
                 )));
             }
-            hs.read_message(&msg, &mut payload).map_err(hs_err)?;
+            let got = hs
+                .read_message(&msg, &mut payload)
+                .map_err(|e| read_err(n, msg.len(), &e))?;
+            if payload[..got] != *version {
+                return Err(if n == 1 {
+                    SecureError::Version {
+                        peer: String::from_utf8_lossy(&payload[..got.min(32)]).into_owned(),
+                    }
+                } else {
+                    SecureError::Handshake(format!(
+                        "handshake message {n} carries an unexpected {got}-byte payload"
+                    ))
+                });
+            }
         }
-        my_turn = !my_turn;
+        n += 1;
     }
     let remote: [u8; 32] = hs
         .get_remote_static()
@@ -167,11 +212,11 @@ async fn handshake(
         .and_then(|h| h.try_into().ok())
         .ok_or_else(|| SecureError::Handshake("short handshake hash".into()))?;
     let state = Arc::new(hs.into_stateless_transport_mode().map_err(hs_err)?);
-    let max_inner = inner_caps.max_frame;
     let caps = LinkCaps {
-        max_frame: max_plaintext(max_inner),
+        max_frame: max_plaintext(inner_caps.max_frame),
         ..inner_caps
     };
+    tracing::debug!(peer = %NodeId::from_public(&remote), link = %info.selector, initiator, "noise handshake done");
     Ok(SecureLink {
         tx: SecureTx {
             inner: tx,
@@ -188,26 +233,45 @@ async fn handshake(
         },
         caps,
         info,
+        local: *key.public(),
         remote,
         hash,
     })
 }
 
-/// The largest plaintext whose ciphertext fits in `inner` bytes.
-fn max_plaintext(inner: usize) -> usize {
-    let segments = inner.div_ceil(MAX_MSG).max(1);
-    inner.saturating_sub(segments * TAG)
+/// Sealed length of a `plain`-byte frame: one 16-byte tag per segment of up
+/// to `MAX_PT` bytes (an empty frame is one empty segment).
+fn ciphertext_len(plain: usize) -> usize {
+    plain + plain.div_ceil(MAX_PT).max(1) * TAG
 }
 
-fn ciphertext_len(plain: usize) -> usize {
-    let segments = plain.div_ceil(MAX_PT).max(1);
-    plain + segments * TAG
+/// The largest plaintext whose sealed form fits in `inner` bytes.
+fn max_plaintext(inner: usize) -> usize {
+    let segments = inner.div_ceil(MAX_MSG).max(1);
+    let last = inner - (segments - 1) * MAX_MSG;
+    if last >= TAG {
+        inner - segments * TAG
+    } else {
+        // A last segment could not even hold its tag: use one fewer, full.
+        (segments - 1) * MAX_PT
+    }
+}
+
+/// Plaintext length of a sealed frame of `sealed` bytes, or `None` if no
+/// sender could have produced that length.
+fn plaintext_len(sealed: usize) -> Option<usize> {
+    let rest = sealed % MAX_MSG;
+    if sealed == 0 || (rest != 0 && rest < TAG) {
+        return None;
+    }
+    Some(sealed - sealed.div_ceil(MAX_MSG) * TAG)
 }
 
 struct SecureTx {
     inner: Box<dyn FrameTx>,
     state: Arc<StatelessTransportState>,
     nonce: u64,
+    /// Reused between frames: the sealed frame is built here.
     out: Vec<u8>,
     max_plain: usize,
 }
@@ -221,19 +285,20 @@ impl FrameTx for SecureTx {
                 max: self.max_plain,
             });
         }
+        // The payload is copied once, into `out`, and sealed there in place.
         self.out.resize(ciphertext_len(frame.len()), 0);
         let mut at = 0;
         let mut pieces = frame.chunks(MAX_PT);
-        let empty: &[u8] = &[];
-        let first = pieces.next().unwrap_or(empty);
+        let first = pieces.next().unwrap_or_default();
         for piece in std::iter::once(first).chain(pieces) {
             let end = at + piece.len() + TAG;
             self.state
                 .write_message(self.nonce, piece, &mut self.out[at..end])
-                .map_err(|e| LinkError::Corrupt(format!("encrypt: {e}")))?;
+                .map_err(|e| LinkError::Corrupt(format!("cannot encrypt: {e}")))?;
             self.nonce += 1;
             at = end;
         }
+        debug_assert_eq!(at, self.out.len());
         self.inner.send(&self.out).await
     }
 
@@ -249,46 +314,57 @@ struct SecureRx {
     broken: bool,
 }
 
+impl SecureRx {
+    fn fail(&mut self, why: String) -> LinkError {
+        self.broken = true;
+        LinkError::Corrupt(why)
+    }
+
+    /// Opens one sealed frame. Each segment is decrypted straight into its
+    /// place in the output (an output slice as long as the segment lets ring
+    /// open it in place without a temporary); the tag's room is overwritten
+    /// by the next segment's plaintext and cut off at the end.
+    fn open(&mut self, sealed: &[u8]) -> Result<Bytes, LinkError> {
+        let Some(plain_len) = plaintext_len(sealed.len()) else {
+            return Err(self.fail(format!(
+                "a {}-byte frame cannot be a sealed frame (cut or padded on the way); the link is dropped",
+                sealed.len()
+            )));
+        };
+        let mut plain = BytesMut::zeroed(sealed.len());
+        let mut at = 0;
+        for seg in sealed.chunks(MAX_MSG) {
+            match self
+                .state
+                .read_message(self.nonce, seg, &mut plain[at..at + seg.len()])
+            {
+                Ok(n) => at += n,
+                Err(_) => {
+                    return Err(self.fail(format!(
+                        "frame segment {} failed authentication (tampered, replayed, reordered or cut); the link is dropped",
+                        self.nonce
+                    )));
+                }
+            }
+            self.nonce += 1;
+        }
+        debug_assert_eq!(at, plain_len);
+        plain.truncate(plain_len);
+        Ok(plain.freeze())
+    }
+}
+
 #[async_trait]
 impl FrameRx for SecureRx {
+    /// Cancel-safe as the inner `recv` is: nothing after it awaits.
     async fn recv(&mut self) -> Result<Bytes, LinkError> {
         if self.broken {
             return Err(LinkError::Corrupt(
                 "an earlier frame failed authentication; open a new link".into(),
             ));
         }
-        let c = self.inner.recv().await?;
-        let segments = c.len().div_ceil(MAX_MSG).max(1);
-        if c.len() < segments * TAG {
-            self.broken = true;
-            return Err(LinkError::Corrupt(format!(
-                "{}-byte frame is too short to be sealed",
-                c.len()
-            )));
-        }
-        let mut plain = BytesMut::zeroed(c.len() - segments * TAG);
-        let mut at_c = 0;
-        let mut at_p = 0;
-        for seg in c.chunks(MAX_MSG) {
-            let n = seg.len() - TAG;
-            match self
-                .state
-                .read_message(self.nonce, seg, &mut plain[at_p..at_p + n])
-            {
-                Ok(_) => {}
-                Err(_) => {
-                    self.broken = true;
-                    return Err(LinkError::Corrupt(
-                        "a frame failed authentication (tampered, replayed or out of order); the link is dropped".into(),
-                    ));
-                }
-            }
-            self.nonce += 1;
-            at_c += seg.len();
-            at_p += n;
-        }
-        debug_assert_eq!(at_c, c.len());
-        Ok(plain.freeze())
+        let sealed = self.inner.recv().await?;
+        self.open(&sealed)
     }
 }
 

@@ -14,6 +14,7 @@ pub const MAX_PAIR_ATTEMPTS: u32 = 3;
 
 const MSG_SPAKE: u8 = 1;
 const MSG_CONFIRM: u8 = 2;
+const MSG_ABORT: u8 = 3;
 
 /// What pairing proved.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,7 +27,8 @@ pub struct Paired {
     pub sas: String,
 }
 
-/// A short code like `7-violet-anchor`: a number and two words (~23 bits).
+/// A short code like `7-violet-anchor`: a number 2..=999 and two words from
+/// a built-in list of 278 (about 26 bits; SPAKE2 allows one guess per run).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PairingCode(String);
 
@@ -62,30 +64,39 @@ const WORDS: &[&str] = &[
 ];
 
 impl PairingCode {
-    /// A fresh random code.
+    /// A fresh random code from the OS random source.
     pub fn generate() -> PairingCode {
-        let mut r = [0u8; 6];
-        let _ = getrandom::fill(&mut r);
-        let n = 2 + u16::from_le_bytes([r[0], r[1]]) % 998;
-        let w1 = WORDS[usize::from(u16::from_le_bytes([r[2], r[3]])) % WORDS.len()];
-        let w2 = WORDS[usize::from(u16::from_le_bytes([r[4], r[5]])) % WORDS.len()];
+        let mut r = [0u8; 12];
+        // Without randomness every code would be the same one; that must
+        // never happen silently.
+        getrandom::fill(&mut r).expect("the OS random source failed");
+        let pick = |b: &[u8]| u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        let n = 2 + pick(&r[0..4]) % 998;
+        let w1 = WORDS[pick(&r[4..8]) as usize % WORDS.len()];
+        let w2 = WORDS[pick(&r[8..12]) as usize % WORDS.len()];
         PairingCode(format!("{n}-{w1}-{w2}"))
     }
 
-    /// Parses a code as typed (case and surrounding spaces ignored).
+    /// Parses a code as typed: case, spaces around it, and spaces or dots
+    /// instead of dashes are accepted.
     pub fn parse(s: &str) -> Result<PairingCode, SecureError> {
         let norm = s.trim().to_ascii_lowercase();
-        let parts: Vec<&str> = norm.split('-').collect();
+        let parts: Vec<&str> = norm
+            .split(['-', ' ', '.'])
+            .filter(|p| !p.is_empty())
+            .collect();
         let ok = parts.len() == 3
+            && parts[0].len() <= 3
             && parts[0]
                 .parse::<u16>()
                 .is_ok_and(|n| (2..=999).contains(&n))
-            && WORDS.contains(&parts[1])
-            && WORDS.contains(&parts[2]);
+            && WORDS.binary_search(&parts[1]).is_ok()
+            && WORDS.binary_search(&parts[2]).is_ok();
         if !ok {
             return Err(SecureError::BadCode(s.to_string()));
         }
-        Ok(PairingCode(norm))
+        let n: u16 = parts[0].parse().unwrap_or_default();
+        Ok(PairingCode(format!("{n}-{}-{}", parts[1], parts[2])))
     }
 
     /// The code's text.
@@ -94,95 +105,169 @@ impl PairingCode {
     }
 }
 
+impl std::fmt::Display for PairingCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Pairs as the side that typed the code (SPAKE2 side A).
+///
+/// Runs on an established link before it is split, through
+/// [`SecureLink::frames`]; no other frames may be in flight meanwhile.
 pub async fn pair_initiator(
     link: &mut SecureLink,
     code: &PairingCode,
     timeout: Duration,
 ) -> Result<Paired, SecureError> {
-    run(link, code, true, timeout).await
+    run(link, code, Side::A, timeout).await
 }
 
-/// Pairs as the side that showed the code (SPAKE2 side B).
+/// Pairs as the side that showed the code (SPAKE2 side B). It checks the
+/// initiator's proof before it sends its own, so a wrong guess learns
+/// nothing but "wrong".
 pub async fn pair_responder(
     link: &mut SecureLink,
     code: &PairingCode,
     timeout: Duration,
 ) -> Result<Paired, SecureError> {
-    run(link, code, false, timeout).await
+    run(link, code, Side::B, timeout).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    A,
+    B,
 }
 
 async fn run(
     link: &mut SecureLink,
     code: &PairingCode,
-    a: bool,
+    side: Side,
     timeout: Duration,
 ) -> Result<Paired, SecureError> {
-    tokio::time::timeout(timeout, exchange(link, code, a))
+    let r = tokio::time::timeout(timeout, exchange(link, code, side))
         .await
-        .map_err(|_| SecureError::Timeout(timeout))?
+        .map_err(|_| SecureError::Timeout(timeout))?;
+    match &r {
+        Ok(p) => tracing::info!(peer = %p.peer, "paired"),
+        Err(e) => tracing::warn!(peer = %link.remote_id(), "pairing failed: {e}"),
+    }
+    r
 }
 
+/// The exchange, each message one frame `[kind, body..]` on the secure link:
+///
+/// ```text
+/// A -> B  SPAKE   A's SPAKE2 message
+/// B -> A  SPAKE   B's SPAKE2 message
+/// A -> B  CONFIRM mac(K, 'A')
+/// B -> A  CONFIRM mac(K, 'B')      or ABORT if A's mac was wrong
+/// ```
+///
+/// `mac(K, role)` is keyed BLAKE3 over role || handshake hash || A's static
+/// key || B's static key, so the proof holds for this Noise session and
+/// these two keys only.
 async fn exchange(
     link: &mut SecureLink,
     code: &PairingCode,
-    a: bool,
+    side: Side,
 ) -> Result<Paired, SecureError> {
     let hh = link.handshake_hash();
     let remote = *link.remote_public();
+    let local = *link.local_public();
+    let (pk_a, pk_b) = match side {
+        Side::A => (local, remote),
+        Side::B => (remote, local),
+    };
     let pw = Password::new(code.as_str().as_bytes());
-    let (ida, idb) = (
-        Identity::new(b"gateway pair A"),
-        Identity::new(b"gateway pair B"),
-    );
-    let (state, msg) = if a {
-        Spake2::<Ed25519Group>::start_a(&pw, &ida, &idb)
-    } else {
-        Spake2::<Ed25519Group>::start_b(&pw, &ida, &idb)
+    let ida = Identity::new(&[&b"gateway pair A"[..], &hh].concat());
+    let idb = Identity::new(&[&b"gateway pair B"[..], &hh].concat());
+    let (state, msg) = match side {
+        Side::A => Spake2::<Ed25519Group>::start_a(&pw, &ida, &idb),
+        Side::B => Spake2::<Ed25519Group>::start_b(&pw, &ida, &idb),
     };
     let (tx, rx) = link.frames();
-    tx.send(&[&[MSG_SPAKE][..], &msg].concat()).await?;
-    let theirs = rx.recv().await?;
+    let theirs = match side {
+        Side::A => {
+            tx.send(&[&[MSG_SPAKE][..], &msg].concat()).await?;
+            rx.recv().await?
+        }
+        Side::B => {
+            let theirs = rx.recv().await?;
+            tx.send(&[&[MSG_SPAKE][..], &msg].concat()).await?;
+            theirs
+        }
+    };
     let body = expect(&theirs, MSG_SPAKE)?;
     let k = state
         .finish(body)
         .map_err(|e| SecureError::Protocol(format!("bad SPAKE2 message: {e:?}")))?;
-    let key: [u8; 32] = *blake3::hash(&k).as_bytes();
-    // The side that showed the code confirms as B; each proves it holds K
-    // for this very Noise session and these two static keys.
-    let (my_role, their_role) = if a { (b'A', b'B') } else { (b'B', b'A') };
-    let mine = confirm(&key, my_role, &hh);
-    tx.send(&[&[MSG_CONFIRM][..], &mine].concat()).await?;
-    let theirs = rx.recv().await?;
-    let body = expect(&theirs, MSG_CONFIRM)?;
-    let want = confirm(&key, their_role, &hh);
-    if !constant_eq(body, &want) {
-        return Err(SecureError::WrongCode);
+    let key = blake3::derive_key("gateway pair key v1", &k);
+    let mac = |role: u8| confirm(&key, role, &hh, &pk_a, &pk_b);
+    match side {
+        Side::A => {
+            tx.send(&[&[MSG_CONFIRM][..], &mac(b'A')].concat()).await?;
+            let reply = rx.recv().await?;
+            if reply.first() == Some(&MSG_ABORT) {
+                return Err(SecureError::WrongCode);
+            }
+            if !constant_eq(expect(&reply, MSG_CONFIRM)?, &mac(b'B')) {
+                return Err(SecureError::WrongCode);
+            }
+        }
+        Side::B => {
+            let proof = rx.recv().await?;
+            if !constant_eq(expect(&proof, MSG_CONFIRM)?, &mac(b'A')) {
+                // Tell A, so it fails now instead of at its timeout.
+                let _ = tx.send(&[MSG_ABORT]).await;
+                return Err(SecureError::WrongCode);
+            }
+            tx.send(&[&[MSG_CONFIRM][..], &mac(b'B')].concat()).await?;
+        }
     }
-    let sas_bytes = blake3::derive_key("gateway pair sas v1", &[&key[..], &hh[..]].concat());
-    let sas = (0..3)
-        .map(|i| WORDS[usize::from(sas_bytes[i]) % WORDS.len()])
-        .collect::<Vec<_>>()
-        .join(" ");
     Ok(Paired {
         peer: NodeId::from_public(&remote),
         peer_public: remote,
-        sas,
+        sas: sas(&key, &hh),
     })
 }
 
-fn confirm(key: &[u8; 32], role: u8, hh: &[u8; 32]) -> [u8; 32] {
+/// Three words from the pairing key and the handshake hash (~24 bits).
+fn sas(key: &[u8; 32], hh: &[u8; 32]) -> String {
+    let bytes = blake3::derive_key("gateway pair sas v1", &[&key[..], &hh[..]].concat());
+    let mut x = u64::from_le_bytes(bytes[..8].try_into().unwrap_or_default());
+    let n = WORDS.len() as u64;
+    (0..3)
+        .map(|_| {
+            let w = WORDS[(x % n) as usize];
+            x /= n;
+            w
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn confirm(key: &[u8; 32], role: u8, hh: &[u8; 32], pk_a: &[u8; 32], pk_b: &[u8; 32]) -> [u8; 32] {
     let mut h = blake3::Hasher::new_keyed(key);
     h.update(b"gateway pair confirm v1");
     h.update(&[role]);
     h.update(hh);
+    h.update(pk_a);
+    h.update(pk_b);
     *h.finalize().as_bytes()
 }
 
 fn expect(frame: &[u8], kind: u8) -> Result<&[u8], SecureError> {
     match frame.split_first() {
-        Some((k, body)) if *k == kind && body.len() <= 256 => Ok(body),
-        _ => Err(SecureError::Protocol("unexpected pairing message".into())),
+        Some((k, body)) if *k == kind && body.len() <= 64 => Ok(body),
+        Some((k, _)) => Err(SecureError::Protocol(format!(
+            "expected pairing message {kind}, got a {}-byte frame of kind {k}; is the peer running `gateway pair`?",
+            frame.len()
+        ))),
+        None => Err(SecureError::Protocol(
+            "got an empty frame instead of a pairing message".into(),
+        )),
     }
 }
 

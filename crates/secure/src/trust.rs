@@ -63,6 +63,15 @@ pub enum Decision {
 /// Decides for `presented` (named `name` in its Hello), given its trust
 /// string in the peerstore (`paired`, `tofu`, `untrusted`, or never seen)
 /// and, for TOFU, the id first pinned for that name.
+///
+/// | known trust            | `paired`  | `tofu`                               | `any`   |
+/// |------------------------|-----------|--------------------------------------|---------|
+/// | `paired`               | trusted   | trusted                              | trusted |
+/// | `tofu` or never seen   | untrusted | trusted, unless the name is pinned to another id: key changed | trusted |
+/// | `untrusted` (or other) | untrusted | untrusted                            | trusted |
+///
+/// The node records every peer it meets as `untrusted` unless it is trusted
+/// otherwise, which is why `any` must override it.
 pub fn decide(
     policy: TrustPolicy,
     presented: &NodeId,
@@ -72,13 +81,15 @@ pub fn decide(
 ) -> Decision {
     let hint = || Decision::Untrusted {
         hint: format!(
-            "this node does not trust {presented} yet: run `gateway pair` on the receiver and `gateway pair CODE --to ...` on the sender, or `gateway trust {presented}` here (or set --trust tofu)"
+            "this node does not trust {presented} yet: run `gateway pair` on the receiver and `gateway pair CODE --to ...` here, or set --trust tofu (or run `gateway trust {presented}` on the receiver)"
         ),
     };
     match known_trust {
         Some("paired") => return Decision::Trusted,
-        Some("untrusted") if policy != TrustPolicy::Any => return hint(),
-        _ => {}
+        None | Some("tofu") => {}
+        // `untrusted`, or a string this version does not know: only `any` lets it in.
+        Some(_) if policy == TrustPolicy::Any => return Decision::Trusted,
+        Some(_) => return hint(),
     }
     match policy {
         TrustPolicy::Any => Decision::Trusted,
