@@ -13,6 +13,8 @@
 //! so no header is needed and the inner link still moves whole frames. Each
 //! direction counts its own nonces (snow's stateless transport with explicit
 //! nonces, shared in an `Arc`), so the two halves work from different tasks.
+//! The last segment of a frame is sealed under a nonce with its top bit set,
+//! so a frame cut at a segment boundary does not open as a shorter one.
 //! A tampered, replayed, reordered or cut frame fails to authenticate:
 //! `recv` returns `LinkError::Corrupt` and keeps returning it, because the
 //! nonce stream is lost; drop the link and open a new one. A failed `send`
@@ -239,6 +241,20 @@ async fn handshake(
     })
 }
 
+/// Set in the nonce of a frame's last segment. Without it, a frame cut at a
+/// segment boundary would open as a valid shorter frame; with it, the cut
+/// frame's new last segment fails authentication (as in the STREAM
+/// construction). Counters stay below this bit, so no nonce repeats.
+const LAST_SEGMENT: u64 = 1 << 63;
+
+fn segment_nonce(counter: u64, last: bool) -> u64 {
+    if last {
+        counter | LAST_SEGMENT
+    } else {
+        counter
+    }
+}
+
 /// Sealed length of a `plain`-byte frame: one 16-byte tag per segment of up
 /// to `MAX_PT` bytes (an empty frame is one empty segment).
 fn ciphertext_len(plain: usize) -> usize {
@@ -287,13 +303,20 @@ impl FrameTx for SecureTx {
         }
         // The payload is copied once, into `out`, and sealed there in place.
         self.out.resize(ciphertext_len(frame.len()), 0);
+        let segments = frame.len().div_ceil(MAX_PT).max(1);
+        if self.nonce + segments as u64 >= LAST_SEGMENT {
+            return Err(LinkError::Corrupt(
+                "this link has used up its nonces; open a new link".into(),
+            ));
+        }
         let mut at = 0;
         let mut pieces = frame.chunks(MAX_PT);
         let first = pieces.next().unwrap_or_default();
-        for piece in std::iter::once(first).chain(pieces) {
+        for (i, piece) in std::iter::once(first).chain(pieces).enumerate() {
             let end = at + piece.len() + TAG;
+            let nonce = segment_nonce(self.nonce, i + 1 == segments);
             self.state
-                .write_message(self.nonce, piece, &mut self.out[at..end])
+                .write_message(nonce, piece, &mut self.out[at..end])
                 .map_err(|e| LinkError::Corrupt(format!("cannot encrypt: {e}")))?;
             self.nonce += 1;
             at = end;
@@ -333,10 +356,12 @@ impl SecureRx {
         };
         let mut plain = BytesMut::zeroed(sealed.len());
         let mut at = 0;
-        for seg in sealed.chunks(MAX_MSG) {
+        let segments = sealed.len().div_ceil(MAX_MSG);
+        for (i, seg) in sealed.chunks(MAX_MSG).enumerate() {
+            let nonce = segment_nonce(self.nonce, i + 1 == segments);
             match self
                 .state
-                .read_message(self.nonce, seg, &mut plain[at..at + seg.len()])
+                .read_message(nonce, seg, &mut plain[at..at + seg.len()])
             {
                 Ok(n) => at += n,
                 Err(_) => {
@@ -372,69 +397,161 @@ impl FrameRx for SecureRx {
 mod tests {
     use super::*;
     use gateway_link::Registry;
+    use std::sync::Mutex;
 
-    async fn pair_over(reg: &Registry, name: &str) -> (SecureLink, SecureLink, NodeKey, NodeKey) {
+    fn keys() -> (NodeKey, NodeKey) {
         let da = tempfile::tempdir().unwrap();
         let db = tempfile::tempdir().unwrap();
-        let ka = NodeKey::load_or_create(da.path()).unwrap();
-        let kb = NodeKey::load_or_create(db.path()).unwrap();
-        let mut l = reg.listen(&format!("mock:{name}")).await.unwrap();
+        (
+            NodeKey::load_or_create(da.path()).unwrap(),
+            NodeKey::load_or_create(db.path()).unwrap(),
+        )
+    }
+
+    async fn raw_pair(reg: &Registry, name: &str) -> (Box<dyn Link>, Box<dyn Link>) {
         let sel = format!("mock:{name}");
+        let mut l = reg.listen(&sel).await.unwrap();
         let (a, b) = tokio::join!(reg.open(&sel), l.accept());
+        (a.unwrap(), b.unwrap())
+    }
+
+    async fn pair_over(reg: &Registry, name: &str) -> (SecureLink, SecureLink, NodeKey, NodeKey) {
+        let (ka, kb) = keys();
+        let (a, b) = raw_pair(reg, name).await;
         let t = Duration::from_secs(5);
-        let (sa, sb) = tokio::join!(connect(a.unwrap(), &ka, t), accept(b.unwrap(), &kb, t));
+        let (sa, sb) = tokio::join!(connect(a, &ka, t), accept(b, &kb, t));
         (sa.unwrap(), sb.unwrap(), ka, kb)
     }
 
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i % 251) as u8 ^ seed.wrapping_mul(31))
+            .collect()
+    }
+
     #[tokio::test]
-    async fn both_ends_learn_each_others_key_and_frames_round_trip() {
+    async fn both_ends_learn_each_others_key_and_frames_round_trip_both_ways() {
         let reg = Registry::new();
         let (a, b, ka, kb) = pair_over(&reg, "noise-rt").await;
         assert_eq!(a.remote_public(), kb.public());
         assert_eq!(b.remote_public(), ka.public());
+        assert_eq!(a.remote_id(), kb.node_id());
+        assert_eq!(b.remote_id(), ka.node_id());
         assert_eq!(a.handshake_hash(), b.handshake_hash());
-        let (mut at, _ar) = Box::new(a).split();
-        let (_bt, mut br) = Box::new(b).split();
+        assert_eq!(a.info().selector, "mock:noise-rt");
+        let (mut at, mut ar) = Box::new(a).split();
+        let (mut bt, mut br) = Box::new(b).split();
         for len in [
             0usize,
             1,
             MAX_PT - 1,
             MAX_PT,
             MAX_PT + 1,
+            2 * MAX_PT,
             3 * MAX_PT + 7,
             4 << 20,
         ] {
-            let f: Vec<u8> = (0..len).map(|i| (i % 253) as u8).collect();
+            let f = pattern(len, 1);
             at.send(&f).await.unwrap();
-            assert_eq!(
-                br.recv().await.unwrap().as_ref(),
-                &f[..],
-                "frame of {len} bytes"
+            let got = br.recv().await.unwrap();
+            assert!(
+                got == f,
+                "a->b frame of {len} bytes came back as {} bytes, or altered",
+                got.len()
+            );
+            let f = pattern(len, 2);
+            bt.send(&f).await.unwrap();
+            let got = ar.recv().await.unwrap();
+            assert!(
+                got == f,
+                "b->a frame of {len} bytes came back as {} bytes, or altered",
+                got.len()
             );
         }
     }
 
-    #[test]
-    fn the_largest_plaintext_fits_the_inner_frame() {
-        for inner in [100usize, MAX_MSG, MAX_MSG + 1, (16 << 20) + (64 << 10)] {
-            let p = max_plaintext(inner);
-            assert!(ciphertext_len(p) <= inner, "inner {inner}");
+    #[tokio::test]
+    async fn a_frame_of_exactly_max_frame_round_trips_and_one_more_byte_is_refused() {
+        let reg = Registry::new();
+        let (a, b, _, _) = pair_over(&reg, "noise-max").await;
+        let max = a.caps().max_frame;
+        assert_eq!(max, max_plaintext(gateway_link::mock::DEFAULT_MAX_FRAME));
+        assert_eq!(ciphertext_len(max), gateway_link::mock::DEFAULT_MAX_FRAME);
+        let (mut at, _ar) = Box::new(a).split();
+        let (_bt, mut br) = Box::new(b).split();
+        let f = pattern(max, 3);
+        let (sent, got) = tokio::join!(at.send(&f), br.recv());
+        sent.unwrap();
+        assert!(got.unwrap() == f, "the max_frame frame was altered");
+        match at.send(&vec![0; max + 1]).await {
+            Err(LinkError::FrameTooLarge { len, max: m }) => assert_eq!((len, m), (max + 1, max)),
+            other => panic!("expected FrameTooLarge, got {other:?}"),
         }
+        at.send(b"still fine").await.unwrap();
+        assert_eq!(br.recv().await.unwrap().as_ref(), b"still fine");
     }
 
-    /// A link whose frames the test can see and change.
+    #[test]
+    fn the_largest_plaintext_fills_the_inner_frame_exactly() {
+        let mut inners = vec![1usize, 15, 16, 17, 100, (16 << 20) + (64 << 10)];
+        for k in 1..5 {
+            for d in [0usize, 1, 15, 16, 17] {
+                inners.push(k * MAX_MSG + d);
+                inners.push(k * MAX_MSG - d);
+            }
+        }
+        for inner in inners {
+            let p = max_plaintext(inner);
+            if inner >= TAG {
+                assert!(
+                    ciphertext_len(p) <= inner,
+                    "inner {inner}: {p} does not fit"
+                );
+            }
+            assert!(
+                ciphertext_len(p + 1) > inner,
+                "inner {inner}: {} would fit too",
+                p + 1
+            );
+        }
+        for p in (0..5 * MAX_PT)
+            .step_by(997)
+            .chain([0, MAX_PT, 2 * MAX_PT, MAX_PT + 1])
+        {
+            assert_eq!(plaintext_len(ciphertext_len(p)), Some(p), "plaintext {p}");
+        }
+        assert_eq!(plaintext_len(0), None);
+        assert_eq!(plaintext_len(TAG - 1), None);
+        assert_eq!(plaintext_len(MAX_MSG + TAG - 1), None);
+    }
+
+    /// What the tap does to the frames the opened end sends (counted from 1;
+    /// frames 1 and 2 are handshake messages 1 and 3).
+    #[derive(Clone, Copy, Debug)]
+    enum Fault {
+        None,
+        /// Flip one bit in the middle of frame n.
+        Flip(usize),
+        /// Send only the first `keep` bytes of frame n.
+        Cut(usize, usize),
+        /// Send frame n twice.
+        Replay(usize),
+        /// Send frame n after frame n + 1.
+        Swap(usize),
+    }
+
+    /// A link whose sent frames the test can see and damage.
     struct Tap {
         inner: Box<dyn Link>,
-        seen: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-        flip: Option<usize>,
-        replay: bool,
+        seen: Arc<Mutex<Vec<u8>>>,
+        fault: Fault,
     }
     struct TapTx {
         inner: Box<dyn FrameTx>,
-        seen: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-        flip: Option<usize>,
-        replay: bool,
+        seen: Arc<Mutex<Vec<u8>>>,
+        fault: Fault,
         count: usize,
+        held: Option<Vec<u8>>,
     }
     impl Link for Tap {
         fn caps(&self) -> LinkCaps {
@@ -445,31 +562,39 @@ mod tests {
         }
         fn split(self: Box<Self>) -> (Box<dyn FrameTx>, Box<dyn FrameRx>) {
             let (t, r) = self.inner.split();
-            (
-                Box::new(TapTx {
-                    inner: t,
-                    seen: self.seen,
-                    flip: self.flip,
-                    replay: self.replay,
-                    count: 0,
-                }),
-                r,
-            )
+            let tx = TapTx {
+                inner: t,
+                seen: self.seen,
+                fault: self.fault,
+                count: 0,
+                held: None,
+            };
+            (Box::new(tx), r)
         }
     }
     #[async_trait]
     impl FrameTx for TapTx {
         async fn send(&mut self, frame: &[u8]) -> Result<(), LinkError> {
             self.count += 1;
-            self.seen.lock().unwrap().push(frame.to_vec());
+            let n = self.count;
+            self.seen.lock().unwrap().extend_from_slice(frame);
             let mut f = frame.to_vec();
-            if self.flip == Some(self.count) && !f.is_empty() {
-                let i = f.len() / 2;
-                f[i] ^= 0x40;
+            match self.fault {
+                Fault::Flip(k) if k == n && !f.is_empty() => {
+                    let i = f.len() / 2;
+                    f[i] ^= 0x40;
+                }
+                Fault::Cut(k, keep) if k == n => f.truncate(keep),
+                Fault::Replay(k) if k == n => self.inner.send(&f).await?,
+                Fault::Swap(k) if k == n => {
+                    self.held = Some(f);
+                    return Ok(());
+                }
+                _ => {}
             }
             self.inner.send(&f).await?;
-            if self.replay && self.count == 4 {
-                self.inner.send(&f).await?;
+            if let Some(h) = self.held.take() {
+                self.inner.send(&h).await?;
             }
             Ok(())
         }
@@ -478,114 +603,250 @@ mod tests {
         }
     }
 
-    async fn tapped(
-        name: &str,
-        flip: Option<usize>,
-        replay: bool,
-    ) -> (
+    type Handshaken = (
         Result<SecureLink, SecureError>,
         Result<SecureLink, SecureError>,
-        Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-    ) {
+        Arc<Mutex<Vec<u8>>>,
+    );
+
+    async fn tapped(name: &str, fault: Fault) -> Handshaken {
         let reg = Registry::new();
-        let da = tempfile::tempdir().unwrap();
-        let db = tempfile::tempdir().unwrap();
-        let ka = NodeKey::load_or_create(da.path()).unwrap();
-        let kb = NodeKey::load_or_create(db.path()).unwrap();
-        let mut l = reg.listen(&format!("mock:{name}")).await.unwrap();
-        let sel = format!("mock:{name}");
-        let (a, b) = tokio::join!(reg.open(&sel), l.accept());
-        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ka, kb) = keys();
+        let (a, b) = raw_pair(&reg, name).await;
+        let seen = Arc::new(Mutex::new(Vec::new()));
         let a: Box<dyn Link> = Box::new(Tap {
-            inner: a.unwrap(),
+            inner: a,
             seen: seen.clone(),
-            flip,
-            replay,
+            fault,
         });
         let t = Duration::from_secs(2);
-        let (sa, sb) = tokio::join!(connect(a, &ka, t), accept(b.unwrap(), &kb, t));
+        let (sa, sb) = tokio::join!(connect(a, &ka, t), accept(b, &kb, t));
         (sa, sb, seen)
+    }
+
+    async fn halves(
+        name: &str,
+        fault: Fault,
+    ) -> (Box<dyn FrameTx>, Box<dyn FrameRx>, Arc<Mutex<Vec<u8>>>) {
+        let (a, b, seen) = tapped(name, fault).await;
+        let (at, _) = Box::new(a.unwrap()).split();
+        let (_, br) = Box::new(b.unwrap()).split();
+        (at, br, seen)
+    }
+
+    fn is_corrupt(r: &Result<Bytes, LinkError>) -> bool {
+        matches!(r, Err(LinkError::Corrupt(_)))
     }
 
     #[tokio::test]
     async fn no_plaintext_of_a_frame_is_on_the_wire() {
-        let (a, b, seen) = tapped("noise-wire", None, false).await;
-        let (mut at, _) = Box::new(a.unwrap()).split();
-        let (_, mut br) = Box::new(b.unwrap()).split();
-        let secret = b"a very secret sentence that must not be seen".repeat(100);
+        let (mut at, mut br, seen) = halves("noise-wire", Fault::None).await;
+        let secret = b"a very secret sentence that must not be seen; ".repeat(3000);
         at.send(&secret).await.unwrap();
-        br.recv().await.unwrap();
-        let wire = seen.lock().unwrap().concat();
-        assert!(!wire.windows(20).any(|w| w == &secret[..20]));
+        assert!(br.recv().await.unwrap() == secret);
+        let wire = seen.lock().unwrap().clone();
+        assert!(
+            wire.len() > secret.len(),
+            "expected the whole frame on the wire, saw {} bytes",
+            wire.len()
+        );
+        let needle = &secret[..16];
+        assert!(
+            !wire.windows(needle.len()).any(|w| w == needle),
+            "found plaintext on the wire"
+        );
     }
 
     #[tokio::test]
     async fn a_bit_flipped_handshake_message_fails_cleanly() {
-        // Frame 2 from the initiator is its third handshake message (s, se).
-        let (a, b, _) = tapped("noise-flip-hs", Some(2), false).await;
+        // Frame 2 from the initiator is handshake message 3 (s, se).
+        let (_, b, _) = tapped("noise-flip-hs", Fault::Flip(2)).await;
+        match b {
+            Err(SecureError::Handshake(why)) => assert!(why.contains("message 3"), "{why}"),
+            other => panic!("expected a Handshake error, got {other:?}"),
+        }
+        // Frame 1 is message 1; its key is bare, so a flip surfaces at message 2.
+        let (a, b, _) = tapped("noise-flip-hs1", Fault::Flip(1)).await;
         assert!(
-            a.is_ok() != b.is_ok() || (a.is_err() && b.is_err()),
-            "one side must notice"
+            matches!(a, Err(SecureError::Handshake(_))),
+            "expected the initiator to refuse message 2, got {a:?}"
         );
-        assert!(matches!(
-            b,
-            Err(SecureError::Handshake(_)) | Err(SecureError::Timeout(_))
-        ));
+        assert!(b.is_err(), "the responder finished a broken handshake");
+    }
+
+    #[tokio::test]
+    async fn a_truncated_handshake_message_fails_cleanly() {
+        for (frame, keep) in [(1usize, 10usize), (2, 40), (2, 0)] {
+            let t0 = std::time::Instant::now();
+            let (_, b, _) = tapped("noise-cut-hs", Fault::Cut(frame, keep)).await;
+            assert!(
+                matches!(b, Err(SecureError::Handshake(_))),
+                "frame {frame} cut to {keep}: expected a Handshake error, got {b:?}"
+            );
+            assert!(
+                t0.elapsed() < Duration::from_secs(1),
+                "it waited for the timeout"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_replayed_handshake_message_fails_cleanly() {
+        // Message 1 sent twice: the responder reads the copy as message 3.
+        let (_, b, _) = tapped("noise-replay-hs", Fault::Replay(1)).await;
+        match b {
+            Err(SecureError::Handshake(why)) => assert!(why.contains("message 3"), "{why}"),
+            other => panic!("expected a Handshake error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_message_one_from_an_old_session_gets_no_further_than_a_timeout() {
+        // Replaying a recorded first message to a new responder: it answers,
+        // but nobody can write message 3, so it gives up at its timeout.
+        let reg = Registry::new();
+        let (ka, kb) = keys();
+        let (_, _, seen) = tapped("noise-rec", Fault::None).await;
+        let recorded = seen.lock().unwrap()[..32 + PROLOGUE.len()].to_vec();
+        let (a, b) = raw_pair(&reg, "noise-old").await;
+        let (mut tx, mut rx) = a.split();
+        tx.send(&recorded).await.unwrap();
+        let r = accept(b, &kb, Duration::from_millis(300)).await;
+        assert!(matches!(r, Err(SecureError::Timeout(_))), "{r:?}");
+        // The responder dropped its end: the replayer sees the link close.
+        let mut closed = false;
+        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {}
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+            closed = true;
+        }
+        assert!(closed, "the timed-out responder still holds the link");
+        drop(ka);
+    }
+
+    #[tokio::test]
+    async fn truncated_or_junk_first_messages_fail_without_panic() {
+        let reg = Registry::new();
+        let (k, _) = keys();
+        let mut big = vec![0u8; 32];
+        big.extend_from_slice(b"gateway/1 and more");
+        for junk in [
+            &b""[..],
+            b"\x01",
+            &[0u8; 31][..],
+            &[0xffu8; 200][..],
+            &big[..],
+            &vec![7u8; MAX_MSG + 1][..],
+        ] {
+            let (a, b) = raw_pair(&reg, "noise-junk").await;
+            let (mut tx, _rx) = a.split();
+            tx.send(junk).await.unwrap();
+            let r = accept(b, &k, Duration::from_secs(1)).await;
+            assert!(
+                matches!(
+                    r,
+                    Err(SecureError::Handshake(_) | SecureError::Version { .. })
+                ),
+                "junk of {} bytes: expected a Handshake or Version error, got {r:?}",
+                junk.len()
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_peer_of_another_version_is_told_so() {
+        let reg = Registry::new();
+        let (k, _) = keys();
+        let (a, b) = raw_pair(&reg, "noise-v2").await;
+        let (other, _) = keys();
+        let mut hs = builder()
+            .local_private_key(other.private())
+            .unwrap()
+            .prologue(b"gateway/2")
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let mut buf = vec![0u8; 200];
+        let n = hs.write_message(b"gateway/2", &mut buf).unwrap();
+        let (mut tx, _rx) = a.split();
+        tx.send(&buf[..n]).await.unwrap();
+        match accept(b, &k, Duration::from_secs(1)).await {
+            Err(e @ SecureError::Version { .. }) => {
+                assert!(e.to_string().contains("gateway/2"), "{e}")
+            }
+            other => panic!("expected a Version error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handshake_that_never_finishes_times_out_on_either_side() {
+        let reg = Registry::new();
+        let (k, _) = keys();
+        let (a, b) = raw_pair(&reg, "noise-silent").await;
+        let t0 = std::time::Instant::now();
+        let r = accept(b, &k, Duration::from_millis(200)).await;
+        assert!(matches!(r, Err(SecureError::Timeout(_))), "{r:?}");
+        assert!(t0.elapsed() < Duration::from_secs(2));
+        // The timed-out side let go of its link: the silent peer sees it close.
+        let (_tx, mut rx) = a.split();
+        let seen = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await;
+        assert!(
+            matches!(seen, Ok(Err(_))),
+            "expected the link closed, got {seen:?}"
+        );
+
+        let (a, _b) = raw_pair(&reg, "noise-silent2").await;
+        let r = connect(a, &k, Duration::from_millis(200)).await;
+        assert!(matches!(r, Err(SecureError::Timeout(_))), "{r:?}");
     }
 
     #[tokio::test]
     async fn a_tampered_frame_is_refused_and_breaks_the_link() {
         // Frames 1-2 are handshake; frame 3 is the first data frame.
-        let (a, b, _) = tapped("noise-flip-data", Some(3), false).await;
-        let (mut at, _) = Box::new(a.unwrap()).split();
-        let (_, mut br) = Box::new(b.unwrap()).split();
+        let (mut at, mut br, _) = halves("noise-flip-data", Fault::Flip(3)).await;
         at.send(b"hello").await.unwrap();
-        assert!(matches!(br.recv().await, Err(LinkError::Corrupt(_))));
+        assert!(is_corrupt(&br.recv().await));
         at.send(b"again").await.unwrap();
-        assert!(
-            matches!(br.recv().await, Err(LinkError::Corrupt(_))),
-            "the link stays broken"
-        );
+        assert!(is_corrupt(&br.recv().await), "the link stays broken");
+    }
+
+    #[tokio::test]
+    async fn a_tampered_segment_of_a_large_frame_is_refused() {
+        let (mut at, mut br, _) = halves("noise-flip-big", Fault::Flip(3)).await;
+        at.send(&pattern(5 * MAX_PT + 3, 4)).await.unwrap();
+        assert!(is_corrupt(&br.recv().await));
     }
 
     #[tokio::test]
     async fn a_replayed_frame_is_refused() {
-        let (a, b, _) = tapped("noise-replay", None, true).await;
-        let (mut at, _) = Box::new(a.unwrap()).split();
-        let (_, mut br) = Box::new(b.unwrap()).split();
+        let (mut at, mut br, _) = halves("noise-replay", Fault::Replay(4)).await;
         at.send(b"one").await.unwrap(); // frame 3
         at.send(b"two").await.unwrap(); // frame 4, sent twice
         assert_eq!(br.recv().await.unwrap().as_ref(), b"one");
         assert_eq!(br.recv().await.unwrap().as_ref(), b"two");
-        assert!(matches!(br.recv().await, Err(LinkError::Corrupt(_))));
+        assert!(is_corrupt(&br.recv().await));
     }
 
     #[tokio::test]
-    async fn truncated_or_junk_handshake_messages_fail_without_panic() {
-        let reg = Registry::new();
-        let d = tempfile::tempdir().unwrap();
-        let k = NodeKey::load_or_create(d.path()).unwrap();
-        for junk in [&b""[..], b"\x01", &[0u8; 31][..], &[0xffu8; 200][..]] {
-            let mut l = reg.listen("mock:noise-junk").await.unwrap();
-            let (a, b) = tokio::join!(reg.open("mock:noise-junk"), l.accept());
-            let (mut tx, _rx) = a.unwrap().split();
-            tx.send(junk).await.unwrap();
-            let r = accept(b.unwrap(), &k, Duration::from_secs(1)).await;
-            assert!(r.is_err(), "junk {junk:?} accepted");
-            drop(l);
+    async fn reordered_frames_are_refused() {
+        let (mut at, mut br, _) = halves("noise-swap", Fault::Swap(3)).await;
+        at.send(b"one").await.unwrap();
+        at.send(b"two").await.unwrap();
+        assert!(is_corrupt(&br.recv().await));
+    }
+
+    #[tokio::test]
+    async fn truncated_frames_are_refused_without_panic() {
+        let big = 3 * MAX_PT + 100;
+        let sealed = ciphertext_len(big);
+        for keep in [0, 5, TAG, 2 * MAX_MSG, 2 * MAX_MSG + 3, sealed - 1] {
+            let (mut at, mut br, _) = halves("noise-cut", Fault::Cut(3, keep)).await;
+            at.send(&pattern(big, 5)).await.unwrap();
+            let r = br.recv().await;
+            assert!(
+                is_corrupt(&r),
+                "cut to {keep} bytes: expected Corrupt, got {r:?}"
+            );
         }
-    }
-
-    #[tokio::test]
-    async fn a_handshake_that_never_finishes_times_out() {
-        let reg = Registry::new();
-        let d = tempfile::tempdir().unwrap();
-        let k = NodeKey::load_or_create(d.path()).unwrap();
-        let mut l = reg.listen("mock:noise-silent").await.unwrap();
-        let (a, b) = tokio::join!(reg.open("mock:noise-silent"), l.accept());
-        let _keep = a.unwrap();
-        let r = accept(b.unwrap(), &k, Duration::from_millis(200)).await;
-        assert!(matches!(r, Err(SecureError::Timeout(_))));
     }
 
     #[tokio::test]
@@ -594,12 +855,14 @@ mod tests {
         let (a, b, _, _) = pair_over(&reg, "noise-speed").await;
         let (mut at, _ar) = Box::new(a).split();
         let (_bt, mut br) = Box::new(b).split();
-        let frame = vec![9u8; 1 << 20];
+        let frame = pattern(1 << 20, 6);
+        let check = frame.clone();
         let n = 256;
         let t0 = std::time::Instant::now();
         let recv = tokio::spawn(async move {
-            for _ in 0..n {
-                assert_eq!(br.recv().await.unwrap().len(), 1 << 20);
+            for i in 0..n {
+                let got = br.recv().await.unwrap();
+                assert!(got == check, "frame {i} altered");
             }
         });
         for _ in 0..n {
@@ -607,6 +870,6 @@ mod tests {
         }
         recv.await.unwrap();
         let mbps = (n << 20) as f64 / t0.elapsed().as_secs_f64() / 1e6;
-        eprintln!("encrypted mock link: {mbps:.0} MB/s (256 MiB, 1 MiB frames)");
+        eprintln!("encrypted mock link: {mbps:.0} MB/s (256 MiB in 1 MiB frames, seal + open)");
     }
 }
