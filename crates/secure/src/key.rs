@@ -241,6 +241,46 @@ mod tests {
     }
 
     #[test]
+    fn the_state_dir_is_created_and_the_file_holds_two_hex_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("a/b/state");
+        let k = NodeKey::load_or_create(&state).unwrap();
+        let text = std::fs::read_to_string(state.join(KEY_FILE)).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text:?}");
+        assert_eq!(lines[1], hex(k.public()));
+        let names: Vec<_> = std::fs::read_dir(&state)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [KEY_FILE], "no temporary file is left behind");
+    }
+
+    #[test]
+    fn a_key_writable_by_the_group_is_refused_too() {
+        let dir = tempfile::tempdir().unwrap();
+        NodeKey::load_or_create(dir.path()).unwrap();
+        let p = dir.path().join(KEY_FILE);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o620)).unwrap();
+        let e = NodeKey::load_or_create(dir.path()).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains(&format!("chmod 600 {}", p.display())),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_public_key_that_does_not_match_the_private_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = NodeKey::load_or_create(dir.path()).unwrap();
+        let p = dir.path().join(KEY_FILE);
+        std::fs::write(&p, format!("{}\n{}\n", hex(k.private()), hex(&[7; 32]))).unwrap();
+        let e = NodeKey::load_or_create(dir.path()).unwrap_err();
+        assert!(matches!(e, SecureError::KeyCorrupt { .. }), "{e}");
+    }
+
+    #[test]
     fn a_damaged_key_file_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join(KEY_FILE);
@@ -260,6 +300,23 @@ mod tests {
         assert_eq!(NodeId::parse(&id.as_str().to_uppercase()).unwrap(), id);
         assert_eq!(NodeId::parse(&id.as_str().replace('-', "")).unwrap(), id);
         assert!(NodeId::parse("not-an-id").is_err());
+        assert!(
+            NodeId::parse(&id.as_str()[..19]).is_err(),
+            "a prefix is not an id"
+        );
+        assert!(
+            NodeId::parse("abcd-efgh-ijkl-mnop-qrs1").is_err(),
+            "1 is not base32"
+        );
+        assert_eq!(id.to_string(), id.as_str());
+        let c: Vec<char> = id.as_str().chars().collect();
+        for (i, ch) in c.iter().enumerate() {
+            if i % 5 == 4 {
+                assert_eq!(*ch, '-', "{id}");
+            } else {
+                assert!(ch.is_ascii_lowercase() || ('2'..='7').contains(ch), "{id}");
+            }
+        }
         assert_ne!(NodeId::from_public(&[8; 32]), id);
     }
 }

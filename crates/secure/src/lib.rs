@@ -74,6 +74,9 @@ pub enum SecureError {
     /// Not a node id.
     #[error("{0:?} is not a node id; `gateway id` prints one, like abcd-efgh-ijkl-mnop-qrst")]
     BadId(String),
+    /// Not a trust policy.
+    #[error("{0:?} is not a trust policy; use paired, tofu or any")]
+    BadPolicy(String),
     /// The peer broke the pairing protocol.
     #[error("pairing: {0}")]
     Protocol(String),

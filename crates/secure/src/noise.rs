@@ -705,7 +705,7 @@ mod tests {
         // Replaying a recorded first message to a new responder: it answers,
         // but nobody can write message 3, so it gives up at its timeout.
         let reg = Registry::new();
-        let (ka, kb) = keys();
+        let (_, kb) = keys();
         let (_, _, seen) = tapped("noise-rec", Fault::None).await;
         let recorded = seen.lock().unwrap()[..32 + PROLOGUE.len()].to_vec();
         let (a, b) = raw_pair(&reg, "noise-old").await;
@@ -713,14 +713,16 @@ mod tests {
         tx.send(&recorded).await.unwrap();
         let r = accept(b, &kb, Duration::from_millis(300)).await;
         assert!(matches!(r, Err(SecureError::Timeout(_))), "{r:?}");
-        // The responder dropped its end: the replayer sees the link close.
-        let mut closed = false;
-        while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {}
-        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
-            closed = true;
-        }
+        // The responder dropped its end: the replayer sees the link close
+        // (after message 2, which it cannot use).
+        let closed = loop {
+            match tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+                Ok(Ok(_)) => continue,
+                Ok(Err(_)) => break true,
+                Err(_) => break false,
+            }
+        };
         assert!(closed, "the timed-out responder still holds the link");
-        drop(ka);
     }
 
     #[tokio::test]

@@ -28,39 +28,39 @@ pub struct Paired {
 }
 
 /// A short code like `7-violet-anchor`: a number 2..=999 and two words from
-/// a built-in list of 278 (about 26 bits; SPAKE2 allows one guess per run).
+/// a built-in list of 279 (about 26 bits; SPAKE2 allows one guess per run).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PairingCode(String);
 
 const WORDS: &[&str] = &[
-    "acid", "acorn", "actor", "adobe", "agent", "alarm", "album", "alpha", "amber", "angle",
-    "ankle", "apple", "april", "apron", "arena", "arrow", "aspen", "atlas", "attic", "audio",
-    "badge", "bagel", "baker", "banjo", "barn", "basil", "beach", "beard", "bench", "berry",
-    "bison", "blade", "blaze", "bloom", "board", "bonus", "boots", "brain", "brave", "bread",
-    "brick", "bride", "brook", "brush", "cabin", "cable", "camel", "candy", "canoe", "cargo",
-    "carol", "cedar", "chalk", "charm", "chess", "chief", "cider", "cinema", "civic", "cliff",
-    "clock", "cloud", "clover", "coast", "cobra", "comet", "coral", "couch", "crane", "crown",
-    "cubic", "curry", "daisy", "dance", "delta", "denim", "depot", "diary", "diner", "disco",
-    "dodge", "dolphin", "donut", "dozen", "drama", "dream", "drift", "drum", "eagle", "earth",
-    "easel", "echo", "elbow", "elder", "ember", "empty", "epoch", "equal", "fable", "fairy",
-    "falcon", "fancy", "feast", "fence", "ferry", "fiber", "field", "flame", "flute", "focus",
-    "forge", "fox", "frost", "fruit", "galaxy", "gamma", "garden", "gecko", "ghost", "giant",
-    "ginger", "glade", "globe", "glove", "grain", "grape", "gravel", "guava", "guide", "habit",
-    "harbor", "hazel", "heron", "hobby", "honey", "hotel", "house", "humor", "igloo", "image",
-    "index", "indigo", "inlet", "iris", "ivory", "jacket", "jelly", "jewel", "joker", "judge",
-    "juice", "kayak", "kernel", "kettle", "kiwi", "koala", "label", "ladder", "lake", "lamp",
-    "lemon", "level", "lilac", "linen", "lion", "llama", "lobby", "lotus", "lunar", "magic",
-    "mango", "maple", "marble", "meadow", "melon", "metro", "mint", "mocha", "model", "moose",
-    "motor", "nacho", "navy", "nectar", "needle", "noble", "north", "novel", "oasis", "ocean",
-    "olive", "omega", "onion", "opera", "orbit", "orchid", "otter", "oxide", "paddle", "panda",
-    "paper", "pearl", "pepper", "piano", "pilot", "pixel", "plaza", "poem", "polar", "pond",
-    "prism", "pulse", "quartz", "queen", "quiet", "quilt", "radar", "radio", "raven", "relay",
-    "rhino", "ridge", "river", "robin", "rocket", "rose", "ruby", "saddle", "salad", "salmon",
-    "sand", "satin", "scout", "shell", "silk", "slate", "solar", "sonic", "spice", "spoon",
-    "squid", "stone", "storm", "sugar", "swan", "table", "tango", "temple", "thyme", "tiger",
-    "toast", "topaz", "torch", "tower", "trail", "tulip", "tundra", "uncle", "union", "urban",
-    "valley", "vapor", "velvet", "violet", "vivid", "wafer", "wagon", "walnut", "water", "whale",
-    "willow", "window", "winter", "yacht", "yarn", "yeti", "zebra", "zesty",
+    "acid", "acorn", "actor", "adobe", "agent", "alarm", "album", "alpha", "amber", "anchor",
+    "angle", "ankle", "apple", "april", "apron", "arena", "arrow", "aspen", "atlas", "attic",
+    "audio", "badge", "bagel", "baker", "banjo", "barn", "basil", "beach", "beard", "bench",
+    "berry", "bison", "blade", "blaze", "bloom", "board", "bonus", "boots", "brain", "brave",
+    "bread", "brick", "bride", "brook", "brush", "cabin", "cable", "camel", "candy", "canoe",
+    "cargo", "carol", "cedar", "chalk", "charm", "chess", "chief", "cider", "cinema", "civic",
+    "cliff", "clock", "cloud", "clover", "coast", "cobra", "comet", "coral", "couch", "crane",
+    "crown", "cubic", "curry", "daisy", "dance", "delta", "denim", "depot", "diary", "diner",
+    "disco", "dodge", "dolphin", "donut", "dozen", "drama", "dream", "drift", "drum", "eagle",
+    "earth", "easel", "echo", "elbow", "elder", "ember", "empty", "epoch", "equal", "fable",
+    "fairy", "falcon", "fancy", "feast", "fence", "ferry", "fiber", "field", "flame", "flute",
+    "focus", "forge", "fox", "frost", "fruit", "galaxy", "gamma", "garden", "gecko", "ghost",
+    "giant", "ginger", "glade", "globe", "glove", "grain", "grape", "gravel", "guava", "guide",
+    "habit", "harbor", "hazel", "heron", "hobby", "honey", "hotel", "house", "humor", "igloo",
+    "image", "index", "indigo", "inlet", "iris", "ivory", "jacket", "jelly", "jewel", "joker",
+    "judge", "juice", "kayak", "kernel", "kettle", "kiwi", "koala", "label", "ladder", "lake",
+    "lamp", "lemon", "level", "lilac", "linen", "lion", "llama", "lobby", "lotus", "lunar",
+    "magic", "mango", "maple", "marble", "meadow", "melon", "metro", "mint", "mocha", "model",
+    "moose", "motor", "nacho", "navy", "nectar", "needle", "noble", "north", "novel", "oasis",
+    "ocean", "olive", "omega", "onion", "opera", "orbit", "orchid", "otter", "oxide", "paddle",
+    "panda", "paper", "pearl", "pepper", "piano", "pilot", "pixel", "plaza", "poem", "polar",
+    "pond", "prism", "pulse", "quartz", "queen", "quiet", "quilt", "radar", "radio", "raven",
+    "relay", "rhino", "ridge", "river", "robin", "rocket", "rose", "ruby", "saddle", "salad",
+    "salmon", "sand", "satin", "scout", "shell", "silk", "slate", "solar", "sonic", "spice",
+    "spoon", "squid", "stone", "storm", "sugar", "swan", "table", "tango", "temple", "thyme",
+    "tiger", "toast", "topaz", "torch", "tower", "trail", "tulip", "tundra", "uncle", "union",
+    "urban", "valley", "vapor", "velvet", "violet", "vivid", "wafer", "wagon", "walnut", "water",
+    "whale", "willow", "window", "winter", "yacht", "yarn", "yeti", "zebra", "zesty",
 ];
 
 impl PairingCode {
@@ -279,7 +279,9 @@ fn constant_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::NodeKey;
-    use gateway_link::Registry;
+    use gateway_link::{Link, Registry};
+
+    const T: Duration = Duration::from_secs(5);
 
     async fn linked(name: &str) -> (SecureLink, SecureLink) {
         let reg = Registry::new();
@@ -287,66 +289,127 @@ mod tests {
         let db = tempfile::tempdir().unwrap();
         let ka = NodeKey::load_or_create(da.path()).unwrap();
         let kb = NodeKey::load_or_create(db.path()).unwrap();
-        let mut l = reg.listen(&format!("mock:{name}")).await.unwrap();
         let sel = format!("mock:{name}");
+        let mut l = reg.listen(&sel).await.unwrap();
         let (a, b) = tokio::join!(reg.open(&sel), l.accept());
-        let t = Duration::from_secs(5);
         let (sa, sb) = tokio::join!(
-            crate::connect(a.unwrap(), &ka, t),
-            crate::accept(b.unwrap(), &kb, t)
+            crate::connect(a.unwrap(), &ka, T),
+            crate::accept(b.unwrap(), &kb, T)
         );
         (sa.unwrap(), sb.unwrap())
     }
 
     #[tokio::test]
-    async fn the_right_code_pairs_both_sides_with_the_same_words() {
+    async fn the_right_code_gives_both_sides_the_same_words_and_each_others_ids() {
         let (mut a, mut b) = linked("pair-ok").await;
+        let (a_sees, b_sees) = (a.remote_id(), b.remote_id());
         let code = PairingCode::generate();
-        let t = Duration::from_secs(5);
         let (pa, pb) = tokio::join!(
-            pair_initiator(&mut a, &code, t),
-            pair_responder(&mut b, &code, t)
+            pair_initiator(&mut a, &code, T),
+            pair_responder(&mut b, &code, T)
         );
         let (pa, pb) = (pa.unwrap(), pb.unwrap());
         assert_eq!(pa.sas, pb.sas);
-        assert_eq!(pa.peer, b_id(&a));
-        assert_eq!(pb.peer, b.remote_id());
+        assert_eq!(pa.sas.split(' ').count(), 3, "{}", pa.sas);
+        assert_eq!(pa.peer, a_sees);
+        assert_eq!(pb.peer, b_sees);
+        assert_eq!(&pa.peer_public, a.remote_public());
+        assert_eq!(&pb.peer_public, b.remote_public());
+        // The link still carries frames after pairing.
+        let (mut at, _) = Box::new(a).split();
+        let (_, mut br) = Box::new(b).split();
+        at.send(b"after").await.unwrap();
+        assert_eq!(br.recv().await.unwrap().as_ref(), b"after");
     }
 
-    fn b_id(a: &SecureLink) -> NodeId {
-        a.remote_id()
+    #[tokio::test]
+    async fn the_words_differ_between_sessions_with_the_same_code() {
+        let code = PairingCode::parse("7-violet-anchor").unwrap();
+        let mut words = Vec::new();
+        for name in ["pair-s1", "pair-s2"] {
+            let (mut a, mut b) = linked(name).await;
+            let (pa, _) = tokio::join!(
+                pair_initiator(&mut a, &code, T),
+                pair_responder(&mut b, &code, T)
+            );
+            words.push(pa.unwrap().sas);
+        }
+        assert_ne!(
+            words[0], words[1],
+            "the SAS must depend on the Noise session"
+        );
     }
 
     #[tokio::test]
     async fn a_wrong_code_fails_on_both_sides() {
         let (mut a, mut b) = linked("pair-bad").await;
-        let t = Duration::from_secs(5);
-        let good =
-            PairingCode::parse("7-violet-anchor").unwrap_or_else(|_| PairingCode::generate());
-        let bad = PairingCode::parse("8-violet-otter").unwrap();
+        let good = PairingCode::parse("7-violet-anchor").unwrap();
+        let bad = PairingCode::parse("8-violet-anchor").unwrap();
         let (pa, pb) = tokio::join!(
-            pair_initiator(&mut a, &bad, t),
-            pair_responder(&mut b, &good, t)
+            pair_initiator(&mut a, &bad, T),
+            pair_responder(&mut b, &good, T)
         );
-        assert!(matches!(pa, Err(SecureError::WrongCode)), "{pa:?}");
-        assert!(matches!(pb, Err(SecureError::WrongCode)), "{pb:?}");
+        assert!(
+            matches!(pa, Err(SecureError::WrongCode)),
+            "initiator: {pa:?}"
+        );
+        assert!(
+            matches!(pb, Err(SecureError::WrongCode)),
+            "responder: {pb:?}"
+        );
+        let msg = pb.unwrap_err().to_string();
+        assert!(msg.contains("nothing was trusted"), "{msg}");
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_is_not_pairing_gives_a_protocol_error_or_timeout() {
+        let (mut a, b) = linked("pair-junk").await;
+        let (mut bt, _br) = Box::new(b).split();
+        bt.send(b"\x09hello, I am a Hello frame").await.unwrap();
+        let code = PairingCode::generate();
+        let r = pair_initiator(&mut a, &code, T).await;
+        assert!(matches!(r, Err(SecureError::Protocol(_))), "{r:?}");
+
+        let (mut a, _b) = linked("pair-silent").await;
+        let r = pair_initiator(&mut a, &code, Duration::from_millis(200)).await;
+        assert!(matches!(r, Err(SecureError::Timeout(_))), "{r:?}");
     }
 
     #[test]
-    fn codes_parse_back_and_junk_is_refused() {
-        for _ in 0..50 {
+    fn codes_parse_back_in_any_typed_form_and_junk_is_refused() {
+        assert!(WORDS.len() >= 256);
+        assert!(
+            WORDS.windows(2).all(|w| w[0] < w[1]),
+            "WORDS must stay sorted and unique"
+        );
+        for _ in 0..200 {
             let c = PairingCode::generate();
             assert_eq!(PairingCode::parse(&c.as_str().to_uppercase()).unwrap(), c);
+            assert_eq!(
+                PairingCode::parse(&c.as_str().replace('-', " ")).unwrap(),
+                c
+            );
         }
+        assert_eq!(
+            PairingCode::parse("  7 Violet-ANCHOR ").unwrap().as_str(),
+            "7-violet-anchor"
+        );
+        assert_eq!(
+            PairingCode::parse("007-violet-anchor").unwrap().as_str(),
+            "7-violet-anchor"
+        );
         for bad in [
             "",
             "7",
             "7-violet",
             "1-violet-otter",
+            "1000-violet-otter",
+            "0007-violet-anchor",
             "7-violet-notaword",
             "x-violet-otter",
+            "7-violet-anchor-extra",
         ] {
-            assert!(PairingCode::parse(bad).is_err(), "{bad}");
+            assert!(PairingCode::parse(bad).is_err(), "{bad:?} was accepted");
         }
     }
 }

@@ -16,15 +16,13 @@ pub enum TrustPolicy {
 }
 
 impl std::str::FromStr for TrustPolicy {
-    type Err = String;
+    type Err = crate::SecureError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "paired" => Ok(TrustPolicy::Paired),
             "tofu" => Ok(TrustPolicy::Tofu),
             "any" => Ok(TrustPolicy::Any),
-            other => Err(format!(
-                "unknown trust policy {other:?}: use paired, tofu or any"
-            )),
+            _ => Err(crate::SecureError::BadPolicy(s.to_string())),
         }
     }
 }
@@ -138,7 +136,23 @@ mod tests {
             decide(Tofu, &a, Some("untrusted"), "n", None),
             Untrusted { .. }
         ));
+        assert_eq!(decide(Tofu, &a, Some("paired"), "n", Some(&b)), Trusted);
+        assert!(matches!(
+            decide(Tofu, &a, Some("someday"), "n", None),
+            Untrusted { .. }
+        ));
+        match decide(Tofu, &b, Some("tofu"), "laptop", Some(&a)) {
+            KeyChanged {
+                name,
+                known,
+                presented,
+            } => {
+                assert_eq!((name.as_str(), &known, &presented), ("laptop", &a, &b))
+            }
+            other => panic!("expected KeyChanged, got {other:?}"),
+        }
         assert_eq!(decide(Any, &a, Some("untrusted"), "n", None), Trusted);
+        assert_eq!(decide(Any, &a, None, "n", None), Trusted);
         assert_eq!(decide(Any, &b, None, "n", Some(&a)), Trusted);
     }
 
@@ -148,7 +162,29 @@ mod tests {
         let Decision::Untrusted { hint } = decide(TrustPolicy::Paired, &a, None, "n", None) else {
             panic!()
         };
-        assert!(hint.contains("gateway pair"));
+        assert!(
+            hint.contains("run `gateway pair` on the receiver"),
+            "{hint}"
+        );
+        assert!(hint.contains("--trust tofu"), "{hint}");
         assert!(hint.contains(a.as_str()));
+    }
+
+    #[test]
+    fn policies_parse_and_print_and_default_to_paired() {
+        for p in [TrustPolicy::Paired, TrustPolicy::Tofu, TrustPolicy::Any] {
+            assert_eq!(p.to_string().parse::<TrustPolicy>().unwrap(), p);
+        }
+        assert_eq!(" TOFU ".parse::<TrustPolicy>().unwrap(), TrustPolicy::Tofu);
+        assert_eq!(TrustPolicy::default(), TrustPolicy::Paired);
+        // clap's FromStr parser (the CLI's --trust) needs this bound.
+        fn clap_can_parse<T: std::str::FromStr>()
+        where
+            T::Err: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+        {
+        }
+        clap_can_parse::<TrustPolicy>();
+        let e = "trusty".parse::<TrustPolicy>().unwrap_err();
+        assert!(e.to_string().contains("paired, tofu or any"), "{e}");
     }
 }
