@@ -110,7 +110,6 @@ cached_pct() {
   awk -v r="$res" -v s="$size" 'BEGIN{ if (s==0 || r=="") print "?"; else printf "%.0f", 100*r/s }'
 }
 
-# A TCP port on 127.0.0.1 that nothing listens on (checked, not reserved).
 # Two state dirs that trust each other's node keys, as after `gateway pair`
 # (setup, not timed): trust_pair GW STATE_A STATE_B
 trust_pair() {
@@ -121,6 +120,7 @@ trust_pair() {
   "$gw" -q --state "$b" trust "$ida" > /dev/null || die "gateway trust failed"
 }
 
+# A TCP port on 127.0.0.1 that nothing listens on (checked, not reserved).
 free_port() {
   local p i
   for ((i = 0; i < 100; i++)); do
