@@ -3,6 +3,7 @@
 //!
 //! It is not a transport and knows nothing of transfers: it turns a `Link`
 //! into an authenticated, encrypted `Link` whose peer is a static key.
+//! Storing trust and limiting pairing attempts are the caller's job.
 #![warn(missing_docs)]
 
 mod key;

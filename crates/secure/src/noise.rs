@@ -109,7 +109,16 @@ impl Link for SecureLink {
     }
 }
 
-/// Runs the handshake as initiator (the side that opened the link).
+/// Runs the handshake as initiator (the side that opened the link) and
+/// returns the encrypted link; its peer is whoever holds
+/// [`SecureLink::remote_public`], which the caller must still judge (see
+/// [`decide`](crate::decide)).
+///
+/// On any error, and when `timeout` passes first, the link is dropped and
+/// nothing of it is kept. Errors: [`SecureError::Timeout`],
+/// [`SecureError::Handshake`] (a truncated, altered or replayed message, or
+/// a peer that closed mid-handshake), [`SecureError::Version`],
+/// [`SecureError::Link`] (the transport failed).
 pub async fn connect(
     link: Box<dyn Link>,
     key: &NodeKey,
@@ -120,7 +129,8 @@ pub async fn connect(
         .map_err(|_| SecureError::Timeout(timeout))?
 }
 
-/// Runs the handshake as responder (the side that accepted the link).
+/// Runs the handshake as responder (the side that accepted the link); the
+/// same contract as [`connect`].
 pub async fn accept(
     link: Box<dyn Link>,
     key: &NodeKey,
@@ -154,6 +164,28 @@ async fn handshake(
     key: &NodeKey,
     initiator: bool,
 ) -> Result<SecureLink, SecureError> {
+    let selector = link.info().selector.clone();
+    let r = run_handshake(link, key, initiator).await;
+    if let Err(e) = &r {
+        tracing::debug!(link = %selector, initiator, "noise handshake failed: {e}");
+    }
+    r
+}
+
+fn closed_mid_handshake(e: LinkError) -> SecureError {
+    match e {
+        LinkError::Closed => SecureError::Handshake(
+            "the peer closed the link during the handshake; is a gateway node of the same version listening there?".into(),
+        ),
+        e => SecureError::Link(e),
+    }
+}
+
+async fn run_handshake(
+    link: Box<dyn Link>,
+    key: &NodeKey,
+    initiator: bool,
+) -> Result<SecureLink, SecureError> {
     let inner_caps = link.caps();
     let info = link.info().clone();
     let (mut tx, mut rx) = link.split();
@@ -178,9 +210,9 @@ async fn handshake(
         let version: &[u8] = if n == 1 { PROLOGUE } else { &[] };
         if my_turn {
             let len = hs.write_message(version, &mut buf).map_err(hs_err)?;
-            tx.send(&buf[..len]).await?;
+            tx.send(&buf[..len]).await.map_err(closed_mid_handshake)?;
         } else {
-            let msg = rx.recv().await?;
+            let msg = rx.recv().await.map_err(closed_mid_handshake)?;
             if msg.len() > MAX_MSG {
                 return Err(SecureError::Handshake(format!(
                     "handshake message {n} is {} bytes, more than a Noise message can be; the peer does not speak gateway's handshake",
@@ -758,6 +790,24 @@ mod tests {
                 junk.len()
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_hangs_up_mid_handshake_is_a_handshake_error() {
+        let reg = Registry::new();
+        let (k, _) = keys();
+        let (a, b) = raw_pair(&reg, "noise-hangup").await;
+        let (mut tx, _rx) = a.split();
+        tx.close().await.unwrap();
+        match accept(b, &k, Duration::from_secs(1)).await {
+            Err(SecureError::Handshake(why)) => assert!(why.contains("closed"), "{why}"),
+            other => panic!("expected a Handshake error, got {other:?}"),
+        }
+        // Dropped without a close: the transport's own error, promptly.
+        let (a, b) = raw_pair(&reg, "noise-hangup2").await;
+        drop(a);
+        let r = accept(b, &k, Duration::from_secs(1)).await;
+        assert!(matches!(r, Err(SecureError::Link(_))), "{r:?}");
     }
 
     #[tokio::test]
