@@ -45,12 +45,13 @@ impl NodeKey {
         // Written under a temporary name and hard-linked into place, so a
         // crash never leaves a half-written key and two nodes starting at
         // once on one state dir agree on one key.
-        let tmp = dir.join(format!("{KEY_FILE}.{}.tmp", std::process::id()));
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| key_err(std::io::Error::other(e)))?;
+        let tmp = dir.join(format!("{KEY_FILE}.{}.tmp", hex(&nonce)));
         let written = (|| {
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
-                .create(true)
-                .truncate(true)
+                .create_new(true)
                 .mode(0o600)
                 .open(&tmp)?;
             writeln!(f, "{}\n{}", hex(&key.private), hex(&key.public))?;
@@ -254,6 +255,18 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, [KEY_FILE], "no temporary file is left behind");
+    }
+
+    #[test]
+    fn nodes_starting_at_once_on_one_state_dir_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ids: Vec<NodeId> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| NodeKey::load_or_create(dir.path()).unwrap().node_id()))
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(ids.iter().all(|i| *i == ids[0]), "{ids:?}");
     }
 
     #[test]
