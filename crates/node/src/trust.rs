@@ -84,6 +84,16 @@ pub fn decide(
     let store = state.store();
     let known = store.peer(id.as_str())?.map(|p| p.trust);
     let pinned = pinned_for_name_in(&store, name)?;
+    // A new key under a pinned name was stored as untrusted by record_hello;
+    // under TOFU that is a changed key, and the user must hear so loudly.
+    let known = match known.as_deref() {
+        Some(UNTRUSTED)
+            if policy == TrustPolicy::Tofu && pinned.as_ref().is_some_and(|p| p != id) =>
+        {
+            None
+        }
+        other => other.map(str::to_string),
+    };
     Ok(gateway_secure::decide(
         policy,
         id,

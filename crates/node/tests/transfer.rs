@@ -664,3 +664,49 @@ async fn every_byte_on_a_tcp_link_is_ciphertext() {
     );
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_tofu_a_known_name_with_a_new_key_is_refused_loudly() {
+    let pair = Pair::new();
+    let cfg = NodeConfig {
+        trust: gateway_secure::TrustPolicy::Tofu,
+        ..small_cfg()
+    };
+    let server = pair.serve_with(&["mock:tofu"], cfg).await;
+    // Forget the pairing: the sender is pinned by first use under its host name.
+    let r = NodeState::open(&pair.recv_state).unwrap();
+    let known = r.store().peers().unwrap();
+    for p in known {
+        let id = gateway_secure::NodeId::parse(&p.node_id).unwrap();
+        gateway_node::trust::set_trust(&r, &id, None, gateway_node::trust::UNTRUSTED).unwrap();
+    }
+    // An unknown sender under a fresh name is pinned and may send...
+    let (mut tx, mut rx) = raw_peer(&pair.reg, "mock:tofu").await;
+    wire::send(&mut *tx, Body::Offer(offer("first.bin", 10)))
+        .await
+        .unwrap();
+    let f = wire::recv_within(&mut *rx, &Limits::default(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        matches!(f.body, Body::Accept(_)),
+        "the first key for a name is pinned"
+    );
+    // ...and another key under the same (host) name is refused, naming both keys.
+    let (mut tx2, mut rx2) = raw_peer(&pair.reg, "mock:tofu").await;
+    let mut o = offer("second.bin", 10);
+    o.transfer_id = [4; 16];
+    wire::send(&mut *tx2, Body::Offer(o)).await.unwrap();
+    let f = wire::recv_within(&mut *rx2, &Limits::default(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    let Body::Reject(rej) = f.body else {
+        panic!(
+            "expected Reject, got {}",
+            gateway_node::serve::body_name(&f.body)
+        )
+    };
+    assert_eq!(rej.code, gateway_proto::RejectCode::NotTrusted);
+    assert!(rej.message.contains("pinned"), "{}", rej.message);
+    server.shutdown().await.unwrap();
+}
