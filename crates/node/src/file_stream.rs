@@ -554,18 +554,30 @@ mod tests {
         s.checkpoint(true).await.unwrap();
     }
 
-    #[tokio::test]
-    async fn a_crash_after_the_link_into_place_is_finished_by_the_next_complete() {
+    /// Receives `data`, links it into place, then "crashes" (drops the
+    /// stream), optionally after removing the part name too, and reopens the
+    /// transfer from the DB as a restarted node would.
+    async fn crash_after_landing(
+        data: &[u8],
+        remove_part: bool,
+    ) -> (
+        tempfile::TempDir,
+        NodeState,
+        PathBuf,
+        PathBuf,
+        Arc<FileStream>,
+    ) {
         let root = tempfile::tempdir().unwrap();
         let state = NodeState::open(&root.path().join("state")).unwrap();
         let dir = root.path().join("in");
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = NodeConfig::default();
-        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
         let s = FileStream::create(&state, &cfg, &dir, &offer(data.len() as u64), "peer").unwrap();
-        receive_all(&s, &data).await;
-        // The process dies right after linking the verified file into place.
+        receive_all(&s, data).await;
         let landed = s.link_into_place().unwrap();
+        if remove_part {
+            std::fs::remove_file(&s.part_path).unwrap();
+        }
         drop(s);
         let rec = state
             .store()
@@ -573,19 +585,23 @@ mod tests {
             .unwrap()
             .unwrap();
         let s = FileStream::reopen(&state, &cfg, rec).unwrap();
+        (root, state, dir, landed, s)
+    }
+
+    async fn finish_lands_once(data: &[u8], remove_part: bool) {
+        let (_root, state, dir, landed, s) = crash_after_landing(data, remove_part).await;
         assert_eq!(s.accept().have.len(), 1, "the landed file counts as whole");
         let complete = Complete {
             transfer_id: [3; 16],
-            file_hash: *blake3::hash(&data).as_bytes(),
+            file_hash: *blake3::hash(data).as_bytes(),
         };
         let (verdict, path) = s.finish(&complete).await.unwrap();
         assert!(verdict.ok, "{}", verdict.message);
         assert_eq!(path.as_deref(), Some(landed.as_path()));
-        let mut names: Vec<String> = std::fs::read_dir(&dir)
+        let names: Vec<String> = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
-        names.sort();
         assert_eq!(
             names,
             vec!["f.bin".to_string()],
@@ -596,32 +612,14 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_crash_after_the_link_into_place_is_finished_by_the_next_complete() {
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+        finish_lands_once(&data, false).await;
+    }
+
+    #[tokio::test]
     async fn a_crash_after_the_part_name_is_removed_is_finished_by_the_next_complete() {
-        let root = tempfile::tempdir().unwrap();
-        let state = NodeState::open(&root.path().join("state")).unwrap();
-        let dir = root.path().join("in");
-        std::fs::create_dir_all(&dir).unwrap();
-        let cfg = NodeConfig::default();
         let data: Vec<u8> = (0..9_000u32).map(|i| (i % 13) as u8).collect();
-        let s = FileStream::create(&state, &cfg, &dir, &offer(data.len() as u64), "peer").unwrap();
-        receive_all(&s, &data).await;
-        let landed = s.link_into_place().unwrap();
-        std::fs::remove_file(&s.part_path).unwrap();
-        drop(s);
-        let rec = state
-            .store()
-            .get_transfer(&[3; 16], Direction::Recv)
-            .unwrap()
-            .unwrap();
-        let s = FileStream::reopen(&state, &cfg, rec).unwrap();
-        let complete = Complete {
-            transfer_id: [3; 16],
-            file_hash: *blake3::hash(&data).as_bytes(),
-        };
-        let (verdict, path) = s.finish(&complete).await.unwrap();
-        assert!(verdict.ok);
-        assert_eq!(path.as_deref(), Some(landed.as_path()));
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
-        assert_eq!(std::fs::read(&landed).unwrap(), data);
+        finish_lands_once(&data, true).await;
     }
 }

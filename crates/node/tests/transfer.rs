@@ -303,6 +303,20 @@ async fn raw_peer_claiming(
     (tx, rx)
 }
 
+/// Expects a Reject as the next frame.
+async fn expect_reject(rx: &mut dyn FrameRx) -> gateway_proto::Reject {
+    let f = wire::recv_within(rx, &Limits::default(), Duration::from_secs(5))
+        .await
+        .expect("a Reject frame");
+    match f.body {
+        Body::Reject(r) => r,
+        other => panic!(
+            "expected Reject, got {}",
+            gateway_node::serve::body_name(&other)
+        ),
+    }
+}
+
 /// Expects an Error frame with `code`, then the link closing.
 async fn expect_error_and_drop(rx: &mut dyn FrameRx, code: ErrorCode) -> String {
     let f = wire::recv_within(rx, &Limits::default(), Duration::from_secs(5))
@@ -438,15 +452,7 @@ async fn an_offer_larger_than_the_free_space_is_rejected_with_numbers() {
     wire::send(&mut *tx, Body::Offer(offer("huge.bin", 1 << 49)))
         .await
         .unwrap();
-    let f = wire::recv_within(&mut *rx, &Limits::default(), Duration::from_secs(5))
-        .await
-        .unwrap();
-    let Body::Reject(r) = f.body else {
-        panic!(
-            "expected Reject, got {}",
-            gateway_node::serve::body_name(&f.body)
-        )
-    };
+    let r = expect_reject(&mut *rx).await;
     assert_eq!(r.code, gateway_proto::RejectCode::NoSpace);
     assert!(r.message.contains("available"), "{}", r.message);
     assert!(!pair.inbox.join("huge.bin").exists());
@@ -532,15 +538,7 @@ async fn an_untrusted_sender_is_refused_with_a_pairing_hint_and_nothing_is_writt
     wire::send(&mut *tx, Body::Offer(offer("x.bin", 10)))
         .await
         .unwrap();
-    let f = wire::recv_within(&mut *rx, &Limits::default(), Duration::from_secs(5))
-        .await
-        .unwrap();
-    let Body::Reject(r) = f.body else {
-        panic!(
-            "expected Reject, got {}",
-            gateway_node::serve::body_name(&f.body)
-        )
-    };
+    let r = expect_reject(&mut *rx).await;
     assert_eq!(r.code, gateway_proto::RejectCode::NotTrusted);
     assert!(
         r.message.contains("gateway pair"),
@@ -697,15 +695,7 @@ async fn under_tofu_a_known_name_with_a_new_key_is_refused_loudly() {
     let mut o = offer("second.bin", 10);
     o.transfer_id = [4; 16];
     wire::send(&mut *tx2, Body::Offer(o)).await.unwrap();
-    let f = wire::recv_within(&mut *rx2, &Limits::default(), Duration::from_secs(5))
-        .await
-        .unwrap();
-    let Body::Reject(rej) = f.body else {
-        panic!(
-            "expected Reject, got {}",
-            gateway_node::serve::body_name(&f.body)
-        )
-    };
+    let rej = expect_reject(&mut *rx2).await;
     assert_eq!(rej.code, gateway_proto::RejectCode::NotTrusted);
     assert!(rej.message.contains("pinned"), "{}", rej.message);
     server.shutdown().await.unwrap();
