@@ -73,6 +73,15 @@ struct LinkState {
     stats: LinkStats,
 }
 
+impl LinkState {
+    /// Forgets this link's copy of `idx` (`len` bytes), freeing its window.
+    fn release(&mut self, idx: u64, len: u64) {
+        if self.inflight.remove(&idx).is_some() {
+            self.inflight_bytes = self.inflight_bytes.saturating_sub(len);
+        }
+    }
+}
+
 /// Per-link counters, for progress bars and `--json`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LinkStats {
@@ -391,11 +400,9 @@ impl Sender {
     /// The writer could not put a chunk on its link (the link is going down):
     /// the chunk goes back to the queue. Call before [`Sender::link_down`].
     pub fn unsent(&mut self, link: LinkId, idx: u64) {
-        if let Some(st) = self.links.get_mut(&link)
-            && st.inflight.remove(&idx).is_some()
-            && let Some(c) = self.geo.chunk(idx)
-        {
-            st.inflight_bytes = st.inflight_bytes.saturating_sub(u64::from(c.len));
+        let len = self.geo.chunk(idx).map_or(0, |c| u64::from(c.len));
+        if let Some(st) = self.links.get_mut(&link) {
+            st.release(idx, len);
         }
         self.drop_copy(idx, link);
     }
@@ -415,10 +422,8 @@ impl Sender {
             // First copy wins: every copy stops counting against its link's window.
             if let Some(carriers) = self.copies.remove(&idx) {
                 for l in carriers {
-                    if let Some(st) = self.links.get_mut(&l)
-                        && st.inflight.remove(&idx).is_some()
-                    {
-                        st.inflight_bytes = st.inflight_bytes.saturating_sub(len);
+                    if let Some(st) = self.links.get_mut(&l) {
+                        st.release(idx, len);
                     }
                 }
             }

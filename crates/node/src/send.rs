@@ -131,6 +131,8 @@ struct Shared {
     wake: Notify,
     file: File,
     selectors: Vec<String>,
+    /// Caps for frames from the receiver (the node's configured limits).
+    limits: gateway_proto::Limits,
 }
 
 impl Shared {
@@ -353,7 +355,7 @@ pub async fn send(
             }));
             continue;
         }
-        match join(&mut *tx, &mut *rx, &engine, &cfg).await {
+        match join(&mut *tx, &mut *rx, engine.reload(engine.durable()), &cfg).await {
             Ok(a) => joined.push(Some(Joined { tx, rx, accept: a })),
             Err(e) => {
                 tracing::warn!(link = %opts.to[i], "could not join: {e}");
@@ -388,6 +390,7 @@ pub async fn send(
         wake: Notify::new(),
         file,
         selectors: opts.to.clone(),
+        limits: cfg.limits.clone(),
     });
     let (itx, mut irx) = mpsc::unbounded_channel::<Internal>();
     let mut slots: Vec<LinkSlot> = Vec::new();
@@ -776,10 +779,10 @@ async fn await_answer(rx: &mut dyn FrameRx, cfg: &NodeConfig) -> Result<Body, Wi
 async fn join(
     tx: &mut dyn FrameTx,
     rx: &mut dyn FrameRx,
-    engine: &Sender,
+    reload: gateway_proto::Reload,
     cfg: &NodeConfig,
 ) -> Result<gateway_proto::Accept, NodeError> {
-    wire::send(tx, Body::Reload(engine.reload(engine.durable())))
+    wire::send(tx, Body::Reload(reload))
         .await
         .map_err(|e| NodeError::Peer(e.to_string()))?;
     match await_answer(rx, cfg)
@@ -812,20 +815,8 @@ async fn reopen(
             "{sel} now reaches a different node ({id}, not {expected_peer}); not resuming on it"
         )));
     }
-    wire::send(&mut *tx, Body::Reload(reload))
-        .await
-        .map_err(|e| NodeError::Peer(e.to_string()))?;
-    match await_answer(&mut *rx, cfg)
-        .await
-        .map_err(|e| NodeError::Peer(e.to_string()))?
-    {
-        Body::Accept(accept) => Ok(Joined { tx, rx, accept }),
-        Body::Error(e) => Err(NodeError::Peer(e.message)),
-        other => Err(NodeError::Peer(format!(
-            "expected Accept, got {}",
-            crate::serve::body_name(&other)
-        ))),
-    }
+    let accept = join(&mut *tx, &mut *rx, reload, cfg).await?;
+    Ok(Joined { tx, rx, accept })
 }
 
 /// Starts the writer and reader tasks of a joined link.
@@ -913,9 +904,8 @@ async fn reader(
     mut rx: Box<dyn FrameRx>,
     itx: mpsc::UnboundedSender<Internal>,
 ) {
-    let limits = gateway_proto::Limits::default();
     loop {
-        let frame = match wire::recv(&mut *rx, &limits).await {
+        let frame = match wire::recv(&mut *rx, &shared.limits).await {
             Ok(f) => f,
             Err(e) => {
                 let _ = itx.send(Internal::Down {

@@ -6,7 +6,7 @@
 //! gets an Error frame and is dropped; other links and transfers go on.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -436,14 +436,7 @@ async fn refuse(
         WireError::Timeout(_) => ErrorCode::Protocol,
         WireError::Link(_) => return, // nothing to tell a dead link
     };
-    tracing::warn!(%peer, "dropping link: {e}");
-    let _ = otx
-        .send(wire::encode(wire::error_body(id, code, e.to_string())))
-        .await;
-    let _ = server.events.send(ServeEvent::Refused {
-        peer: peer.to_string(),
-        why: e.to_string(),
-    });
+    refuse_with(server, otx, peer, id, code, e.to_string()).await;
 }
 
 async fn refuse_with(
@@ -718,9 +711,4 @@ pub fn body_name(b: &Body) -> &'static str {
         Body::Pong(_) => "Pong",
         Body::Bye(_) => "Bye",
     }
-}
-
-/// The directory a receiver writes into, as given (for messages).
-pub fn describe_dir(p: &Path) -> String {
-    p.display().to_string()
 }
