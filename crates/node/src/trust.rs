@@ -56,6 +56,7 @@ pub fn record_hello(
         trust,
         first_seen_ms: old.as_ref().map_or(now, |p| p.first_seen_ms),
         last_seen_ms: now,
+        flag: old.as_ref().and_then(|p| p.flag.clone()),
     };
     store.upsert_peer(&rec)?;
     Ok(rec)
@@ -123,6 +124,7 @@ pub fn set_trust(
         trust: UNTRUSTED.into(),
         first_seen_ms: now,
         last_seen_ms: now,
+        flag: None,
     });
     if let Some(n) = name {
         rec.name = n.to_string();

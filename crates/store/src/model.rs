@@ -147,6 +147,9 @@ pub struct PeerRecord {
     pub first_seen_ms: i64,
     /// Last time seen, ms since the epoch.
     pub last_seen_ms: i64,
+    /// Why this peer is flagged (e.g. its mDNS record claimed another id),
+    /// or `None`.
+    pub flag: Option<String>,
 }
 
 /// Bytes one link carried for one transfer.

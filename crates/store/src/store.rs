@@ -14,7 +14,10 @@ use crate::model::{
 use gateway_proto::{Hash, RangeSet, TransferId};
 
 /// The schema, in order. Append; never edit a shipped entry.
-const MIGRATIONS: &[M<'static>] = &[M::up(include_str!("../../../migrations/0001_init.sql"))];
+const MIGRATIONS: &[M<'static>] = &[
+    M::up(include_str!("../../../migrations/0001_init.sql")),
+    M::up(include_str!("../../../migrations/0002_discovery.sql")),
+];
 
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -418,8 +421,8 @@ impl Store {
         self.conn
             .prepare_cached(
                 "INSERT INTO peers (node_id, name, node_type, macs, ips, links, trust,
-                     first_seen_ms, last_seen_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                     first_seen_ms, last_seen_ms, flag)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
                  ON CONFLICT (node_id) DO UPDATE SET
                      name = excluded.name,
                      node_type = excluded.node_type,
@@ -427,6 +430,7 @@ impl Store {
                      ips = excluded.ips,
                      links = excluded.links,
                      trust = excluded.trust,
+                     flag = excluded.flag,
                      last_seen_ms = max(peers.last_seen_ms, excluded.last_seen_ms)",
             )?
             .execute(params![
@@ -439,8 +443,51 @@ impl Store {
                 p.trust,
                 p.first_seen_ms,
                 p.last_seen_ms,
+                p.flag,
             ])?;
         Ok(())
+    }
+
+    /// Records a static address for a peer name; `false` if it was there.
+    pub fn add_static_addr(
+        &self,
+        name: &str,
+        selector: &str,
+        at_ms: i64,
+    ) -> Result<bool, StoreError> {
+        let n = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO static_addrs (name, selector, added_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name, selector) DO NOTHING",
+            )?
+            .execute(params![name, selector, at_ms])?;
+        Ok(n == 1)
+    }
+
+    /// Removes a name's static addresses (one, or all with `None`); how many.
+    pub fn remove_static_addrs(
+        &self,
+        name: &str,
+        selector: Option<&str>,
+    ) -> Result<usize, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "DELETE FROM static_addrs WHERE name = ?1 AND (?2 IS NULL OR selector = ?2)",
+            )?
+            .execute(params![name, selector])?)
+    }
+
+    /// Every static address as (name, selector), by name then age.
+    pub fn static_addrs(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT name, selector FROM static_addrs ORDER BY name, added_ms, selector",
+        )?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     /// One peer by node id.
@@ -460,7 +507,7 @@ impl Store {
     ) -> Result<Vec<PeerRecord>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT node_id, name, node_type, macs, ips, links, trust,
-                 first_seen_ms, last_seen_ms FROM peers {tail}"
+                 first_seen_ms, last_seen_ms, flag FROM peers {tail}"
         ))?;
         let rows = stmt
             .query_map(params, |r| {
@@ -475,6 +522,7 @@ impl Store {
                         trust: r.get(6)?,
                         first_seen_ms: r.get(7)?,
                         last_seen_ms: r.get(8)?,
+                        flag: r.get(9)?,
                     },
                     r.get::<_, String>(3)?,
                     r.get::<_, String>(4)?,

@@ -51,6 +51,7 @@ fn peer(node_id: &str, first: i64, last: i64) -> PeerRecord {
         trust: "paired".into(),
         first_seen_ms: first,
         last_seen_ms: last,
+        flag: None,
     }
 }
 
@@ -81,7 +82,7 @@ fn migrations_apply_to_a_fresh_file() {
     let (_dir, path) = temp_db();
     let store = Store::open(&path).unwrap();
     assert_eq!(store.path(), Some(path.as_path()));
-    assert_eq!(user_version(&path), 1);
+    assert_eq!(user_version(&path), 2);
     let tables: Vec<String> = raw(&path)
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
         .unwrap()
@@ -95,6 +96,7 @@ fn migrations_apply_to_a_fresh_file() {
         "meta",
         "paused_frames",
         "peers",
+        "static_addrs",
         "transfers",
     ] {
         assert!(
@@ -110,7 +112,7 @@ fn migrations_are_idempotent_on_reopen() {
     drop(Store::open(&path).unwrap());
     drop(Store::open(&path).unwrap());
     let store = Store::open(&path).unwrap();
-    assert_eq!(user_version(&path), 1);
+    assert_eq!(user_version(&path), 2);
     store.insert_transfer(&record(ID, Direction::Send)).unwrap();
 }
 
@@ -636,4 +638,86 @@ fn store_is_send() {
     fn assert_send<T: Send>() {}
     assert_send::<Store>();
     assert_send::<StoreError>();
+}
+
+#[test]
+fn static_addresses_are_kept_per_name_without_duplicates() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("s.db")).unwrap();
+    assert!(
+        store
+            .add_static_addr("nas", "tcp:10.8.0.2:7878", 1)
+            .unwrap()
+    );
+    assert!(
+        !store
+            .add_static_addr("nas", "tcp:10.8.0.2:7878", 2)
+            .unwrap()
+    );
+    assert!(
+        store
+            .add_static_addr("nas", "tcp:10.9.0.2:7878", 3)
+            .unwrap()
+    );
+    assert!(store.add_static_addr("pi", "tcp:10.1.0.5:7878", 4).unwrap());
+    assert_eq!(
+        store.static_addrs().unwrap(),
+        vec![
+            ("nas".to_string(), "tcp:10.8.0.2:7878".to_string()),
+            ("nas".to_string(), "tcp:10.9.0.2:7878".to_string()),
+            ("pi".to_string(), "tcp:10.1.0.5:7878".to_string()),
+        ]
+    );
+    assert_eq!(
+        store
+            .remove_static_addrs("nas", Some("tcp:10.8.0.2:7878"))
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.remove_static_addrs("nas", None).unwrap(), 1);
+    assert_eq!(store.static_addrs().unwrap().len(), 1);
+}
+
+#[test]
+fn a_peer_flag_is_stored_and_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("f.db")).unwrap();
+    let mut p = peer("id-flag", 1, 2);
+    p.flag = Some("claimed another id".into());
+    store.upsert_peer(&p).unwrap();
+    assert_eq!(
+        store.peer("id-flag").unwrap().unwrap().flag.as_deref(),
+        Some("claimed another id")
+    );
+    p.flag = None;
+    store.upsert_peer(&p).unwrap();
+    assert_eq!(store.peer("id-flag").unwrap().unwrap().flag, None);
+}
+
+#[test]
+fn a_version_1_database_is_upgraded_keeping_its_peers() {
+    let (_dir, path) = temp_db();
+    {
+        let c = raw(&path);
+        c.execute_batch(include_str!("../../../migrations/0001_init.sql"))
+            .unwrap();
+        c.execute_batch(
+            "PRAGMA user_version = 1;
+             INSERT INTO peers (node_id, name, node_type, trust, first_seen_ms, last_seen_ms)
+             VALUES ('old-peer', 'nas', 'server', 'paired', 1, 2);",
+        )
+        .unwrap();
+    }
+    let store = Store::open(&path).unwrap();
+    assert_eq!(user_version(&path), 2);
+    let p = store.peer("old-peer").unwrap().unwrap();
+    assert_eq!(
+        (p.name.as_str(), p.trust.as_str(), p.flag),
+        ("nas", "paired", None)
+    );
+    assert!(
+        store
+            .add_static_addr("nas", "tcp:10.0.0.1:7878", 3)
+            .unwrap()
+    );
 }
