@@ -10,6 +10,7 @@ use gateway_node::serve::ServeOptions;
 use gateway_node::{NodeConfig, NodeState};
 
 use crate::{human, print_report, send_with_progress};
+use gateway_node::send::SendOptions;
 
 pub(crate) struct DemoOptions {
     pub size: u64,
@@ -74,6 +75,8 @@ pub(crate) async fn run(o: DemoOptions) -> Result<std::process::ExitCode> {
         ServeOptions {
             dir: dst_dir.clone(),
             listen,
+            // Both nodes are in this process and know each other's links.
+            advertise: false,
         },
     )
     .await?;
@@ -96,8 +99,7 @@ pub(crate) async fn run(o: DemoOptions) -> Result<std::process::ExitCode> {
         sender_state,
         NodeConfig::default(),
         reg,
-        src.clone(),
-        to,
+        SendOptions::new(src.clone(), to),
         o.quiet || o.json,
         None,
     )

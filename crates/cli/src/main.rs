@@ -41,8 +41,58 @@ struct Cli {
         default_value = "paired"
     )]
     trust: gateway_secure::TrustPolicy,
+    /// The name this node tells peers (Hello, mDNS). Default: the host name.
+    #[arg(long, global = true, env = "GATEWAY_NAME", value_name = "NAME")]
+    name: Option<String>,
+    /// What kind of machine this is (laptop, desktop, server, board, phone). Default: a guess.
+    #[arg(
+        long = "type",
+        global = true,
+        env = "GATEWAY_TYPE",
+        value_name = "TYPE"
+    )]
+    node_type: Option<String>,
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+/// What every command needs: where the state is, who this node says it is.
+pub(crate) struct Ctx {
+    pub(crate) state_dir: PathBuf,
+    name: Option<String>,
+    node_type: Option<String>,
+    pub(crate) cfg: NodeConfig,
+    pub(crate) quiet: bool,
+}
+
+impl Ctx {
+    /// Opens the state directory with this node's name and type applied.
+    pub(crate) fn open(&self) -> Result<NodeState> {
+        let mut st = open_state(&self.state_dir)?;
+        st.set_identity(self.name.as_deref(), self.node_type.as_deref())?;
+        Ok(st)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+enum PeersCmd {
+    /// Record static addresses for a peer NAME, tried first and whenever mDNS finds nothing
+    /// (AP isolation, VLANs, VPNs, multicast filtered).
+    Add {
+        /// The peer's name (as it calls itself).
+        name: String,
+        /// Its links, e.g. tcp:10.8.0.2:7878.
+        #[arg(required = true, value_name = "SEL")]
+        selectors: Vec<String>,
+    },
+    /// Forget static addresses of NAME (all of them, or the ones given).
+    Remove {
+        /// The peer's name.
+        name: String,
+        /// Only these.
+        #[arg(value_name = "SEL")]
+        selectors: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -55,17 +105,25 @@ enum Cmd {
         /// Where to listen, e.g. tcp:0.0.0.0:7878 (repeat for several links).
         #[arg(long, value_name = "SEL", default_value = "tcp:0.0.0.0:7878")]
         listen: Vec<String>,
+        /// Do not advertise this node over mDNS (_gateway._tcp).
+        #[arg(long)]
+        no_mdns: bool,
     },
     /// Send PATH over every --to link at once (several --to = several links to one peer).
     Send {
         /// The file to send.
         path: PathBuf,
-        /// A link to the receiver, e.g. tcp:192.168.1.7:7878 (repeat for more links).
-        #[arg(long, value_name = "SEL", required = true)]
+        /// The receiver: a peer's NAME or node id (found by mDNS, static
+        /// addresses and the peerstore; every path to it is used), or a link
+        /// such as tcp:192.168.1.7:7878 (repeat for more links).
+        #[arg(long, value_name = "NAME|ID|SEL", required = true)]
         to: Vec<String>,
         /// Print one JSON object with the result as the last stdout line.
         #[arg(long)]
         json: bool,
+        /// Do not browse mDNS for a named peer (static and known addresses only).
+        #[arg(long)]
+        no_mdns: bool,
     },
     /// Pair with another node using a short code (run without CODE on one node, with it on the other).
     Pair {
@@ -84,11 +142,17 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Peers this node has seen, with their trust.
+    /// Peers this node knows, and which are live now (browses mDNS first).
+    #[command(args_conflicts_with_subcommands = true)]
     Peers {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Browse mDNS this many seconds first and verify what answers (0: only list).
+        #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+        browse: f64,
+        #[command(subcommand)]
+        action: Option<PeersCmd>,
     },
     /// Trust a peer by id (or unique id prefix, or name) — as pairing would.
     Trust {
@@ -223,29 +287,55 @@ fn stop_signal() -> watch::Receiver<bool> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let quiet = cli.quiet;
-    let cfg = NodeConfig {
-        trust: cli.trust,
-        ..NodeConfig::default()
+    let ctx = Ctx {
+        state_dir: state_dir(&cli.state),
+        name: cli.name,
+        node_type: cli.node_type,
+        cfg: NodeConfig {
+            trust: cli.trust,
+            ..NodeConfig::default()
+        },
+        quiet: cli.quiet,
     };
     match cli.cmd {
-        Cmd::Serve { dir, listen } => serve(&state_dir(&cli.state), cfg, dir, listen, quiet).await,
-        Cmd::Send { path, to, json } => {
-            let state = open_state(&state_dir(&cli.state))?;
+        Cmd::Serve {
+            dir,
+            listen,
+            no_mdns,
+        } => serve(&ctx, dir, listen, !no_mdns).await,
+        Cmd::Send {
+            path,
+            to,
+            json,
+            no_mdns,
+        } => {
+            let state = ctx.open()?;
             let reg = Arc::new(gateway_node::registry::default_registry());
-            let report = send_with_progress(state, cfg, reg, path, to, quiet || json, None).await?;
+            let quiet = ctx.quiet || json;
+            let (opts, found) =
+                peers::send_targets(&state, &ctx.cfg, reg.clone(), path, to, !no_mdns, quiet)
+                    .await?;
+            let mut report =
+                send_with_progress(state, ctx.cfg.clone(), reg, opts, quiet, None).await?;
+            report.discovery_ms = found.map(|d| d.as_millis() as u64);
             print_report(&report, json);
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Pair { code, listen, to } => {
-            peers::pair(&state_dir(&cli.state), cfg, code, listen, to).await
-        }
-        Cmd::Id { json } => peers::id(&state_dir(&cli.state), json),
-        Cmd::Peers { json } => peers::list(&state_dir(&cli.state), json),
-        Cmd::Trust { id } => peers::set(&state_dir(&cli.state), &id, true),
-        Cmd::Untrust { id } => peers::set(&state_dir(&cli.state), &id, false),
+        Cmd::Pair { code, listen, to } => peers::pair(&ctx, code, listen, to).await,
+        Cmd::Id { json } => peers::id(&ctx, json),
+        Cmd::Peers {
+            json,
+            browse,
+            action,
+        } => match action {
+            None => peers::list(&ctx, json, browse).await,
+            Some(PeersCmd::Add { name, selectors }) => peers::add(&ctx, &name, &selectors),
+            Some(PeersCmd::Remove { name, selectors }) => peers::remove(&ctx, &name, &selectors),
+        },
+        Cmd::Trust { id } => peers::set(&ctx, &id, true),
+        Cmd::Untrust { id } => peers::set(&ctx, &id, false),
         Cmd::Links { json } => links(json).await,
-        Cmd::Transfers { json } => transfers(&state_dir(&cli.state), json),
+        Cmd::Transfers { json } => transfers(&ctx.state_dir, json),
         Cmd::Demo {
             size,
             links,
@@ -259,7 +349,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 rates,
                 keep,
                 json,
-                quiet,
+                quiet: ctx.quiet,
             })
             .await
         }
@@ -271,29 +361,31 @@ fn open_state(dir: &std::path::Path) -> Result<NodeState> {
         .with_context(|| format!("cannot open the state directory {}", dir.display()))
 }
 
-async fn serve(
-    state_dir: &std::path::Path,
-    cfg: NodeConfig,
-    dir: PathBuf,
-    listen: Vec<String>,
-    quiet: bool,
-) -> Result<ExitCode> {
+async fn serve(ctx: &Ctx, dir: PathBuf, listen: Vec<String>, advertise: bool) -> Result<ExitCode> {
+    let quiet = ctx.quiet;
     let mut stop = stop_signal();
-    let state = open_state(state_dir)?;
+    let state = ctx.open()?;
+    let (name, id) = (state.name.clone(), state.node_id.clone());
     let reg = Arc::new(gateway_node::registry::default_registry());
     let mut handle = gateway_node::serve::start(
         state,
-        cfg,
+        ctx.cfg.clone(),
         reg,
         ServeOptions {
             dir: dir.clone(),
             listen,
+            advertise,
         },
     )
     .await?;
     if !quiet {
+        eprintln!("gateway: this node is {name} ({id})");
         for s in &handle.local_selectors {
             eprintln!("gateway: receiving into {} on {s}", dir.display());
+        }
+        match &handle.advertised {
+            Ok(instance) => eprintln!("gateway: advertised over mDNS as {instance}"),
+            Err(why) => eprintln!("gateway: not advertised over mDNS: {why}"),
         }
     }
     loop {
@@ -326,8 +418,7 @@ pub(crate) async fn send_with_progress(
     state: NodeState,
     cfg: NodeConfig,
     reg: Arc<gateway_link::Registry>,
-    path: PathBuf,
-    to: Vec<String>,
+    opts: SendOptions,
     quiet: bool,
     stop: Option<watch::Receiver<bool>>,
 ) -> Result<SendReport> {
@@ -338,7 +429,7 @@ pub(crate) async fn send_with_progress(
     } else {
         Some(tokio::spawn(progress::render(prx)))
     };
-    let res = gateway_node::send::send(state, cfg, reg, SendOptions { path, to }, ptx, stop).await;
+    let res = gateway_node::send::send(state, cfg, reg, opts, ptx, stop).await;
     if let Some(b) = bars {
         let _ = b.await;
     }

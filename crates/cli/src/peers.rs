@@ -1,23 +1,29 @@
-//! `gateway id`, `peers`, `trust`, `untrust`, `pair`.
+//! `gateway id`, `peers`, `trust`, `untrust`, `pair`, and finding the
+//! receiver of `send --to NAME`.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use gateway_node::{NodeConfig, trust};
+use gateway_link::Registry;
+use gateway_node::discover::{self, DiscoverOptions};
+use gateway_node::send::SendOptions;
+use gateway_node::{NodeConfig, NodeState, trust};
 use gateway_secure::{NodeId, PairingCode};
 
-use crate::open_state;
+use crate::Ctx;
 
-pub(crate) fn id(state_dir: &Path, json: bool) -> Result<ExitCode> {
-    let st = open_state(state_dir)?;
+pub(crate) fn id(ctx: &Ctx, json: bool) -> Result<ExitCode> {
+    let st = ctx.open()?;
     if json {
         println!(
             "{}",
             serde_json::json!({
                 "node_id": st.node_id,
                 "name": st.name,
+                "type": st.node_type,
                 "public_key": hex::encode(st.key.public()),
                 "state": st.dir,
             })
@@ -28,16 +34,66 @@ pub(crate) fn id(state_dir: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn list(state_dir: &Path, json: bool) -> Result<ExitCode> {
-    let st = open_state(state_dir)?;
+pub(crate) async fn list(ctx: &Ctx, json: bool, browse_s: f64) -> Result<ExitCode> {
+    let st = ctx.open()?;
+    let window = Duration::try_from_secs_f64(browse_s.max(0.0))
+        .with_context(|| format!("--browse {browse_s} is not a number of seconds"))?;
+    let found = if window.is_zero() {
+        None
+    } else {
+        let reg = Arc::new(gateway_node::registry::default_registry());
+        let d = discover::discover(
+            &st,
+            &ctx.cfg,
+            reg,
+            &DiscoverOptions {
+                window,
+                want: None,
+                settle: Duration::ZERO,
+                mdns: true,
+            },
+        )
+        .await?;
+        if !ctx.quiet && !json {
+            if let Some(e) = &d.mdns_error {
+                eprintln!("gateway: mDNS unavailable: {e}");
+            }
+            for f in &d.flagged {
+                eprintln!("gateway: warning: {f}");
+            }
+        }
+        Some(d)
+    };
     let peers = st.store().peers()?;
+    let statics = st.store().static_addrs()?;
+    // Live: verified in this browse; the paths that answered and when.
+    let live = |id: &str| -> Option<(Vec<String>, u64)> {
+        let d = found.as_ref()?;
+        let paths: Vec<&discover::Verified> =
+            d.verified.iter().filter(|v| v.id.as_str() == id).collect();
+        let first = paths.iter().map(|v| v.after).min()?;
+        Some((
+            paths.iter().map(|v| v.selector.clone()).collect(),
+            first.as_millis() as u64,
+        ))
+    };
     if json {
         let rows: Vec<_> = peers
             .iter()
             .map(|p| {
+                let l = live(&p.node_id);
+                let static_addrs: Vec<&str> = statics
+                    .iter()
+                    .filter(|(n, _)| *n == p.name)
+                    .map(|(_, s)| s.as_str())
+                    .collect();
                 serde_json::json!({
                     "node_id": p.node_id, "name": p.name, "type": p.node_type, "trust": p.trust,
-                    "ips": p.ips, "links": p.links,
+                    "macs": p.macs, "ips": p.ips, "links": p.links, "static": static_addrs,
+                    "flag": p.flag,
+                    "live": l.is_some(),
+                    "live_links": l.as_ref().map(|x| x.0.clone()).unwrap_or_default(),
+                    "found_ms": l.as_ref().map(|x| x.1),
                     "first_seen_ms": p.first_seen_ms, "last_seen_ms": p.last_seen_ms,
                 })
             })
@@ -46,27 +102,149 @@ pub(crate) fn list(state_dir: &Path, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     if peers.is_empty() {
-        println!("no peers seen yet; `gateway pair` to pair with one");
+        println!(
+            "no peers known yet; start `gateway serve` on another node on this network, or `gateway peers add NAME tcp:HOST:7878`"
+        );
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "{:<26} {:<20} {:<10} LAST ADDRESS",
-        "NODE ID", "NAME", "TRUST"
+        "{:<32} {:<16} {:<8} {:<9} {:<5} ADDRESSES",
+        "NODE ID", "NAME", "TYPE", "TRUST", "LIVE"
     );
-    for p in peers {
+    for p in &peers {
+        let l = live(&p.node_id);
+        let addrs = match &l {
+            Some((paths, _)) => paths.join(" "),
+            None => p.ips.join(" "),
+        };
         println!(
-            "{:<26} {:<20} {:<10} {}",
+            "{:<32} {:<16} {:<8} {:<9} {:<5} {}",
             p.node_id,
             p.name,
+            if p.node_type.is_empty() {
+                "-"
+            } else {
+                &p.node_type
+            },
             p.trust,
-            p.ips.first().map(String::as_str).unwrap_or("-")
+            match (&found, &l) {
+                (None, _) => "?",
+                (Some(_), Some(_)) => "yes",
+                (Some(_), None) => "no",
+            },
+            if addrs.is_empty() {
+                "-".to_string()
+            } else {
+                addrs
+            }
+        );
+        if let Some(f) = &p.flag {
+            println!("  ! {f}");
+        }
+    }
+    for (name, sel) in &statics {
+        if !peers.iter().any(|p| p.name == *name) {
+            println!(
+                "{:<32} {:<16} {:<8} {:<9} {:<5} {sel} (static)",
+                "-", name, "-", "-", "?"
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub(crate) fn add(ctx: &Ctx, name: &str, selectors: &[String]) -> Result<ExitCode> {
+    let st = ctx.open()?;
+    if name.is_empty() || name.len() > gateway_discovery::txt::MAX_NAME_BYTES {
+        bail!(
+            "a peer name is 1 to {} bytes",
+            gateway_discovery::txt::MAX_NAME_BYTES
+        );
+    }
+    for sel in selectors {
+        gateway_link::Selector::parse(sel)
+            .with_context(|| format!("{sel:?} is not a link selector (e.g. tcp:10.8.0.2:7878)"))?;
+        let added = st
+            .store()
+            .add_static_addr(name, sel, gateway_node::state::now_ms())?;
+        println!(
+            "{name}: {sel} {}",
+            if added { "added" } else { "was already there" }
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-pub(crate) fn set(state_dir: &Path, query: &str, trusted: bool) -> Result<ExitCode> {
-    let st = open_state(state_dir)?;
+pub(crate) fn remove(ctx: &Ctx, name: &str, selectors: &[String]) -> Result<ExitCode> {
+    let st = ctx.open()?;
+    let removed = if selectors.is_empty() {
+        st.store().remove_static_addrs(name, None)?
+    } else {
+        let mut n = 0;
+        for sel in selectors {
+            n += st.store().remove_static_addrs(name, Some(sel))?;
+        }
+        n
+    };
+    if removed == 0 {
+        bail!("no static address of {name:?} matched; `gateway peers` lists them");
+    }
+    println!("{name}: {removed} static address(es) removed");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Splits `send --to` values into links and at most one peer to find, and
+/// finds it: every verified path to it becomes a link.
+pub(crate) async fn send_targets(
+    st: &NodeState,
+    cfg: &NodeConfig,
+    reg: Arc<Registry>,
+    path: PathBuf,
+    to: Vec<String>,
+    mdns: bool,
+    quiet: bool,
+) -> Result<(SendOptions, Option<Duration>)> {
+    let schemes = reg.schemes();
+    let is_selector = |t: &str| {
+        t.split_once(':')
+            .is_some_and(|(scheme, _)| schemes.iter().any(|s| s == scheme))
+    };
+    let (links, names): (Vec<String>, Vec<String>) = to.into_iter().partition(|t| is_selector(t));
+    let mut opts = SendOptions::new(path, links);
+    let name = match names.as_slice() {
+        [] => return Ok((opts, None)),
+        [one] => one,
+        many => bail!(
+            "one receiver per send: --to names {} peers ({}); give one name or id, plus links if you like",
+            many.len(),
+            many.join(", ")
+        ),
+    };
+    let route = discover::resolve(st, cfg, reg, name, mdns).await?;
+    if !quiet {
+        for w in &route.warnings {
+            eprintln!("gateway: warning: {w}");
+        }
+        eprintln!(
+            "gateway: {} ({}) found in {:.2} s on {}",
+            route.name,
+            route.peer_id,
+            route.found_after.as_secs_f64(),
+            route.links.join(", ")
+        );
+    }
+    for l in route.links {
+        if !opts.to.contains(&l) {
+            opts.to.push(l);
+        }
+    }
+    opts.extra = route.extra;
+    opts.expect = Some(route.peer_id);
+    Ok((opts, Some(route.found_after)))
+}
+
+pub(crate) fn set(ctx: &Ctx, query: &str, trusted: bool) -> Result<ExitCode> {
+    let st = ctx.open()?;
     let (id, name) = match trust::find_peer(&st, query) {
         Ok(p) => (NodeId::parse(&p.node_id)?, Some(p.name)),
         // An id never seen yet may be trusted ahead of time (like known_hosts).
@@ -89,13 +267,13 @@ pub(crate) fn set(state_dir: &Path, query: &str, trusted: bool) -> Result<ExitCo
 }
 
 pub(crate) async fn pair(
-    state_dir: &Path,
-    cfg: NodeConfig,
+    ctx: &Ctx,
     code: Option<String>,
     listen: String,
     to: Option<String>,
 ) -> Result<ExitCode> {
-    let st = open_state(state_dir)?;
+    let st = ctx.open()?;
+    let cfg = ctx.cfg.clone();
     let reg = Arc::new(gateway_node::registry::default_registry());
     let result = match code {
         None => {

@@ -26,6 +26,10 @@ pub struct NodeConfig {
     pub tick: Duration,
     /// Keep this many bytes free on the receiver's disk beyond the file.
     pub reserve_free_bytes: u64,
+    /// How long `send --to NAME` browses mDNS for the peer at most.
+    pub discovery_window: Duration,
+    /// Once the peer answered, how long to wait for its other paths.
+    pub discovery_settle: Duration,
 }
 
 impl Default for NodeConfig {
@@ -41,6 +45,8 @@ impl Default for NodeConfig {
             verdict_timeout: Duration::from_secs(600),
             tick: Duration::from_millis(100),
             reserve_free_bytes: 16 << 20,
+            discovery_window: Duration::from_secs(3),
+            discovery_settle: Duration::from_millis(300),
         }
     }
 }

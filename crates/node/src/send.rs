@@ -32,8 +32,27 @@ use gateway_secure::{Decision, NodeId};
 pub struct SendOptions {
     /// The file to send.
     pub path: PathBuf,
-    /// One selector per link to the same receiver; all are used at once.
+    /// One selector per link to the same receiver; all are used at once,
+    /// and one that is down is retried.
     pub to: Vec<String>,
+    /// More links found by discovery: used if they open and reach the same
+    /// receiver now, otherwise left out (not retried).
+    pub extra: Vec<String>,
+    /// The receiver's key, when it is known (a peer named by the user):
+    /// links reaching another key are refused.
+    pub expect: Option<NodeId>,
+}
+
+impl SendOptions {
+    /// Sends `path` over the links `to` (no discovery).
+    pub fn new(path: PathBuf, to: Vec<String>) -> Self {
+        Self {
+            path,
+            to,
+            extra: Vec::new(),
+            expect: None,
+        }
+    }
 }
 
 /// One link's share, in the final report.
@@ -72,6 +91,13 @@ pub struct SendReport {
     pub transfer_id: String,
     /// Where the receiver stored it (its name; the receiver may rename on conflict).
     pub name: String,
+    /// The receiver's node id.
+    pub peer_id: String,
+    /// The receiver's name (from its Hello).
+    pub peer_name: String,
+    /// How long finding a named receiver took (mDNS, static, known), ms.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery_ms: Option<u64>,
 }
 
 /// A live view for progress bars.
@@ -207,7 +233,8 @@ pub async fn send(
     // Open every link at once; keep the ones that answer.
     let ours = wire::hello(&state, Vec::new());
     let mut opening = Vec::new();
-    for sel in &opts.to {
+    let explicit = opts.to.len();
+    for sel in opts.to.iter().chain(&opts.extra) {
         let reg = reg.clone();
         let sel = sel.clone();
         let ours = ours.clone();
@@ -217,41 +244,61 @@ pub async fn send(
             open_and_hello(&reg, &key, &sel, ours, &cfg).await
         }));
     }
+    let mut selectors: Vec<String> = Vec::new();
     let mut conns: Vec<Option<Halves>> = Vec::new();
     let mut failures = Vec::new();
-    let mut peer: Option<(gateway_proto::Hello, NodeId)> = None;
+    let mut peer: Option<(gateway_proto::Hello, NodeId, String)> = None;
     for (i, h) in opening.into_iter().enumerate() {
+        let sel = opts
+            .to
+            .iter()
+            .chain(&opts.extra)
+            .nth(i)
+            .expect("one task per selector");
+        let given = i < explicit;
         match h.await.map_err(|e| NodeError::Other(e.to_string()))? {
             Ok((tx, rx, hello, id)) => {
-                if let Some((p, pid)) = &peer {
-                    if *pid != id {
-                        return Err(NodeError::Other(format!(
-                            "{} reaches node {} ({pid}) but {} reaches node {} ({id}); every --to must reach the same receiver",
-                            opts.to[0], p.name, opts.to[i], hello.name
-                        )));
+                let expected = opts.expect.as_ref().or(peer.as_ref().map(|p| &p.1));
+                if let Some(want) = expected
+                    && *want != id
+                {
+                    if !given {
+                        tracing::warn!(link = %sel, "reaches {} ({id}), not the receiver; left out", hello.name);
+                        continue;
                     }
-                } else {
-                    peer = Some((hello, id));
+                    let first = peer.as_ref().map_or(String::new(), |p| {
+                        format!("{} reaches node {} ({want}) but ", p.2, p.0.name)
+                    });
+                    return Err(NodeError::Other(format!(
+                        "{first}{sel} reaches node {} ({id}); every --to must reach the same receiver",
+                        hello.name
+                    )));
                 }
+                if peer.is_none() {
+                    peer = Some((hello, id, sel.clone()));
+                }
+                selectors.push(sel.clone());
                 conns.push(Some((tx, rx)));
             }
-            Err(e) => {
+            Err(e) if given => {
                 failures.push(format!("  {e}"));
+                selectors.push(sel.clone());
                 conns.push(None);
             }
+            Err(e) => tracing::info!(link = %sel, "announced link did not open; left out: {e}"),
         }
     }
-    let Some((peer_hello, peer_id)) = peer else {
+    let Some((peer_hello, peer_id, first_sel)) = peer else {
         return Err(NodeError::NoLinks(failures.join("\n")));
     };
     // A file stream opens only towards a peer this node trusts.
-    trust::record_hello(&state, cfg.trust, &peer_id, &peer_hello, &opts.to[0])?;
+    trust::record_hello(&state, cfg.trust, &peer_id, &peer_hello, &first_sel)?;
     match trust::decide(&state, cfg.trust, &peer_id, &peer_hello.name)? {
         Decision::Trusted => {}
         Decision::Untrusted { .. } => {
             return Err(NodeError::NotTrusted(format!(
                 "this node does not trust the receiver {} ({peer_id}) yet: run `gateway pair` on the receiver and `gateway pair CODE --to {}` here (or use --trust tofu)",
-                peer_hello.name, opts.to[0]
+                peer_hello.name, first_sel
             )));
         }
         Decision::KeyChanged {
@@ -311,10 +358,10 @@ pub async fn send(
     };
     wire::send(&mut *tx0, opening_body)
         .await
-        .map_err(|e| link_err(&opts.to[first], e.into()))?;
+        .map_err(|e| link_err(&selectors[first], e.into()))?;
     let accept = match await_answer(&mut *rx0, &cfg)
         .await
-        .map_err(|e| link_err(&opts.to[first], e))?
+        .map_err(|e| link_err(&selectors[first], e))?
     {
         Body::Accept(a) => a,
         Body::Reject(r) => {
@@ -358,7 +405,7 @@ pub async fn send(
         match join(&mut *tx, &mut *rx, engine.reload(engine.durable()), &cfg).await {
             Ok(a) => joined.push(Some(Joined { tx, rx, accept: a })),
             Err(e) => {
-                tracing::warn!(link = %opts.to[i], "could not join: {e}");
+                tracing::warn!(link = %selectors[i], "could not join: {e}");
                 joined.push(None);
             }
         }
@@ -389,7 +436,7 @@ pub async fn send(
         engine: Mutex::new(engine),
         wake: Notify::new(),
         file,
-        selectors: opts.to.clone(),
+        selectors: selectors.clone(),
         limits: cfg.limits.clone(),
     });
     let (itx, mut irx) = mpsc::unbounded_channel::<Internal>();
@@ -622,7 +669,9 @@ pub async fn send(
         s.stop_tasks();
     }
     let elapsed = started.elapsed();
-    let report = build_report(&shared, &rec.id, &name, size, resumed, elapsed, file_hash);
+    let mut report = build_report(&shared, &rec.id, &name, size, resumed, elapsed, file_hash);
+    report.peer_id = peer_node_id.clone();
+    report.peer_name = peer_hello.name.clone();
     for l in &report.links {
         let _ = state.store().record_link_stat(&LinkStat {
             transfer_id: rec.id,
@@ -727,7 +776,7 @@ fn link_err(sel: &str, e: WireError) -> NodeError {
 /// Opens a link, runs the Noise handshake (as initiator) and exchanges
 /// Hello. Returns the halves, the peer's Hello and its key's id; a Hello
 /// whose id differs from the key is refused.
-async fn open_and_hello(
+pub(crate) async fn open_and_hello(
     reg: &Registry,
     key: &gateway_secure::NodeKey,
     sel: &str,
@@ -1130,5 +1179,8 @@ fn build_report(
         links,
         transfer_id: hex::encode(id),
         name: name.to_string(),
+        peer_id: String::new(),
+        peer_name: String::new(),
+        discovery_ms: None,
     }
 }

@@ -31,6 +31,8 @@ pub struct ServeOptions {
     pub dir: PathBuf,
     /// Selectors to listen on.
     pub listen: Vec<String>,
+    /// Advertise this node over mDNS (`_gateway._tcp`) for the first TCP listener.
+    pub advertise: bool,
 }
 
 /// Something that happened, for the CLI to print.
@@ -67,6 +69,8 @@ struct Server {
     dir: PathBuf,
     streams: Mutex<HashMap<TransferId, Arc<FileStream>>>,
     events: mpsc::UnboundedSender<ServeEvent>,
+    /// The listeners' selectors, told to peers in Hello (expanded per interface).
+    listening: Vec<String>,
 }
 
 /// A running receiver.
@@ -78,6 +82,9 @@ pub struct ServeHandle {
     tasks: JoinSet<()>,
     /// Events for the CLI.
     pub events: mpsc::UnboundedReceiver<ServeEvent>,
+    /// The mDNS instance advertised, or why nothing is.
+    pub advertised: Result<String, String>,
+    advertiser: Option<gateway_discovery::Advertiser>,
 }
 
 /// Starts listening on every selector; fails if any cannot be bound.
@@ -93,6 +100,16 @@ pub async fn start(
         .dir
         .canonicalize()
         .map_err(|e| NodeError::io(format!("cannot open {}", opts.dir.display()), e))?;
+    let mut listeners = Vec::new();
+    for sel in &opts.listen {
+        let listener = reg.listen(sel).await.map_err(|err| NodeError::Open {
+            selector: sel.clone(),
+            err,
+        })?;
+        tracing::info!(listen = %listener.local_selector(), "listening");
+        listeners.push(listener);
+    }
+    let local: Vec<String> = listeners.iter().map(|l| l.local_selector()).collect();
     let (etx, erx) = mpsc::unbounded_channel();
     let server = Arc::new(Server {
         state,
@@ -100,18 +117,16 @@ pub async fn start(
         dir,
         streams: Mutex::new(HashMap::new()),
         events: etx,
+        listening: opts
+            .listen
+            .iter()
+            .zip(&local)
+            .map(|(asked, bound)| announce_form(asked, bound))
+            .collect(),
     });
     let (stop, stop_rx) = watch::channel(false);
     let mut tasks = JoinSet::new();
-    let mut local = Vec::new();
-    for sel in &opts.listen {
-        let mut listener = reg.listen(sel).await.map_err(|err| NodeError::Open {
-            selector: sel.clone(),
-            err,
-        })?;
-        let local_sel = listener.local_selector();
-        tracing::info!(listen = %local_sel, "listening");
-        local.push(local_sel.clone());
+    for (mut listener, local_sel) in listeners.into_iter().zip(local.clone()) {
         let server = server.clone();
         let mut stop_rx = stop_rx.clone();
         tasks.spawn(async move {
@@ -156,19 +171,79 @@ pub async fn start(
             }
         });
     }
+    let (advertiser, advertised) = if opts.advertise {
+        match advertise(&server.state, &server.listening) {
+            Ok(a) => {
+                let name = a.fullname().to_string();
+                (Some(a), Ok(name))
+            }
+            Err(why) => {
+                tracing::warn!("not advertising over mDNS: {why}");
+                (None, Err(why))
+            }
+        }
+    } else {
+        (None, Err("mDNS advertising is off (--no-mdns)".into()))
+    };
     Ok(ServeHandle {
         local_selectors: local,
         server,
         stop,
         tasks,
         events: erx,
+        advertised,
+        advertiser,
     })
+}
+
+/// What peers are told about a listener: the wildcard form when it listens
+/// on every address (expanded per interface in each Hello, so it follows
+/// addresses as they change), else the bound address.
+fn announce_form(asked: &str, bound: &str) -> String {
+    let Some(rest) = asked.strip_prefix("tcp:") else {
+        return bound.to_string();
+    };
+    let addr = rest.split('?').next().unwrap_or(rest);
+    let host = addr.rsplit_once(':').map_or("", |(h, _)| h);
+    let port = bound.rsplit(':').next().unwrap_or("0");
+    match host {
+        "" | "0.0.0.0" => format!("tcp:0.0.0.0:{port}"),
+        "[::]" => format!("tcp:[::]:{port}"),
+        _ => bound.to_string(),
+    }
+}
+
+/// Advertises the first TCP listener over mDNS, with this node's identity
+/// and the kinds of every listener in TXT.
+fn advertise(state: &NodeState, local: &[String]) -> Result<gateway_discovery::Advertiser, String> {
+    let tcp = local
+        .iter()
+        .find_map(|s| s.strip_prefix("tcp:")?.parse::<std::net::SocketAddr>().ok())
+        .ok_or_else(|| "no TCP listener to advertise".to_string())?;
+    let mut kinds: Vec<String> = Vec::new();
+    for sel in local {
+        let kind = sel.split(':').next().unwrap_or_default().to_string();
+        if kind != "mock" && !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    let advert = gateway_discovery::Advert {
+        node_id: state.node_id.clone(),
+        name: state.name.clone(),
+        node_type: state.node_type.clone(),
+        version: wire::PROTOCOL_VERSION,
+        links: kinds,
+    };
+    gateway_discovery::Advertiser::start(&advert, tcp.port(), tcp.ip()).map_err(|e| e.to_string())
 }
 
 impl ServeHandle {
     /// USER_STOP: stop accepting, make every written byte durable, record the
     /// stop in the DB, and return. A sender that reruns resumes.
     pub async fn shutdown(mut self) -> Result<(), NodeError> {
+        if let Some(a) = self.advertiser.take() {
+            a.stop().await;
+        }
         let _ = self.stop.send(true);
         while self.tasks.join_next().await.is_some() {}
         for s in self.server.all_streams() {
@@ -316,7 +391,7 @@ async fn serve_link(server: Arc<Server>, link: Box<dyn Link>, mut stop: watch::R
         }
         let _ = tx.close().await;
     });
-    let hello = wire::hello(&server.state, Vec::new());
+    let hello = wire::hello(&server.state, wire::dialable_links(&server.listening));
     let _ = otx.send(wire::encode(Body::Hello(hello))).await;
     let peer = tokio::select! {
         _ = stop.changed() => None,
@@ -710,5 +785,31 @@ pub fn body_name(b: &Body) -> &'static str {
         Body::Ping(_) => "Ping",
         Body::Pong(_) => "Pong",
         Body::Bye(_) => "Bye",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::announce_form;
+
+    #[test]
+    fn a_wildcard_listener_is_announced_as_a_wildcard_with_its_real_port() {
+        assert_eq!(
+            announce_form("tcp:0.0.0.0:0", "tcp:127.0.0.1:4711"),
+            "tcp:0.0.0.0:4711"
+        );
+        assert_eq!(
+            announce_form("tcp::7878", "tcp:127.0.0.1:7878"),
+            "tcp:0.0.0.0:7878"
+        );
+        assert_eq!(
+            announce_form("tcp:[::]:7878?rate=1MB", "tcp:[::1]:7878"),
+            "tcp:[::]:7878"
+        );
+        assert_eq!(
+            announce_form("tcp:10.0.0.1:7878", "tcp:10.0.0.1:7878"),
+            "tcp:10.0.0.1:7878"
+        );
+        assert_eq!(announce_form("mock:a", "mock:a"), "mock:a");
     }
 }

@@ -27,8 +27,10 @@ pub struct NodeState {
     pub key: Arc<NodeKey>,
     /// This node's id: the fingerprint of its key.
     pub node_id: String,
-    /// This node's name (the host name).
+    /// This node's name (`--name`, default the host name).
     pub name: String,
+    /// What kind of machine this is (`--type`, default a guess: laptop, board…).
+    pub node_type: String,
 }
 
 impl std::fmt::Debug for NodeState {
@@ -62,7 +64,35 @@ impl NodeState {
             key: Arc::new(key),
             node_id,
             name,
+            node_type: gateway_discovery::local::guess_node_type(),
         })
+    }
+
+    /// Overrides the name and type this node tells peers (Hello, mDNS).
+    /// Both are checked as peers would check them.
+    pub fn set_identity(
+        &mut self,
+        name: Option<&str>,
+        node_type: Option<&str>,
+    ) -> Result<(), NodeError> {
+        let name = name.unwrap_or(&self.name).to_string();
+        let node_type = node_type.unwrap_or(&self.node_type).to_string();
+        let check = gateway_discovery::Advert {
+            node_id: self.node_id.clone(),
+            name: name.clone(),
+            node_type: node_type.clone(),
+            version: crate::wire::PROTOCOL_VERSION,
+            links: Vec::new(),
+        };
+        check.to_txt().map_err(|e| {
+            NodeError::Other(format!(
+                "{e}; a name is 1 to {} bytes without control characters, a type is letters, digits and '-'",
+                gateway_discovery::txt::MAX_NAME_BYTES
+            ))
+        })?;
+        self.name = name;
+        self.node_type = node_type;
+        Ok(())
     }
 
     /// The DB (one writer connection).

@@ -41,18 +41,26 @@ pub fn record_hello(
         }
         None => UNTRUSTED.to_string(),
     };
-    let mut ips: Vec<String> = old.as_ref().map(|p| p.ips.clone()).unwrap_or_default();
-    if !addr.is_empty() && !ips.iter().any(|a| a == addr) {
-        ips.insert(0, addr.to_string());
-        ips.truncate(16);
+    // The address we saw it at first, then what it says it has.
+    let mut ips: Vec<String> = observed_ip(addr).into_iter().collect();
+    for ip in &hello.ips {
+        if !ips.contains(ip) {
+            ips.push(ip.clone());
+        }
     }
+    ips.truncate(crate::wire::MAX_HELLO_LIST);
     let rec = PeerRecord {
         node_id: id.to_string(),
         name: hello.name.clone(),
         node_type: hello.node_type.clone(),
         macs: hello.macs.clone(),
         ips,
-        links: hello.links.clone(),
+        links: hello
+            .links
+            .iter()
+            .take(crate::wire::MAX_HELLO_LIST)
+            .cloned()
+            .collect(),
         trust,
         first_seen_ms: old.as_ref().map_or(now, |p| p.first_seen_ms),
         last_seen_ms: now,
@@ -60,6 +68,32 @@ pub fn record_hello(
     };
     store.upsert_peer(&rec)?;
     Ok(rec)
+}
+
+/// The IP in a link's peer address (`10.0.0.2:5555`) or TCP selector
+/// (`tcp:10.0.0.2:7878`); other addresses (a serial device) as they are.
+fn observed_ip(addr: &str) -> Option<String> {
+    if addr.is_empty() {
+        return None;
+    }
+    let bare = addr.strip_prefix("tcp:").unwrap_or(addr);
+    let bare = bare.split('?').next().unwrap_or(bare);
+    Some(
+        bare.parse::<std::net::SocketAddr>()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|_| addr.to_string()),
+    )
+}
+
+/// Flags a peer (it lied in an mDNS record, say); a new peer is recorded
+/// untrusted, so TOFU never pins a key that came with a lie.
+pub fn flag_peer(state: &NodeState, id: &NodeId, why: &str) -> Result<(), NodeError> {
+    let store = state.store();
+    let now = now_ms();
+    let mut rec = store.peer(id.as_str())?.unwrap_or_else(|| unseen(id, now));
+    rec.flag = Some(why.chars().take(300).collect());
+    store.upsert_peer(&rec)?;
+    Ok(())
 }
 
 fn pinned_for_name_in(
@@ -114,7 +148,18 @@ pub fn set_trust(
 ) -> Result<(), NodeError> {
     let store = state.store();
     let now = now_ms();
-    let mut rec = store.peer(id.as_str())?.unwrap_or(PeerRecord {
+    let mut rec = store.peer(id.as_str())?.unwrap_or_else(|| unseen(id, now));
+    if let Some(n) = name {
+        rec.name = n.to_string();
+    }
+    rec.trust = trust.to_string();
+    store.upsert_peer(&rec)?;
+    Ok(())
+}
+
+/// The record of a peer known only by its id (trusted ahead of time, or flagged).
+fn unseen(id: &NodeId, now: i64) -> PeerRecord {
+    PeerRecord {
         node_id: id.to_string(),
         name: String::new(),
         node_type: String::new(),
@@ -125,13 +170,7 @@ pub fn set_trust(
         first_seen_ms: now,
         last_seen_ms: now,
         flag: None,
-    });
-    if let Some(n) = name {
-        rec.name = n.to_string();
     }
-    rec.trust = trust.to_string();
-    store.upsert_peer(&rec)?;
-    Ok(())
 }
 
 /// Finds a known peer by full id, unique id prefix (dashes optional) or name.

@@ -81,17 +81,67 @@ pub fn error_body(
 
 /// This node's Hello on the identity stream.
 pub fn hello(state: &NodeState, links: Vec<String>) -> Hello {
+    let ifs = gateway_discovery::local::interfaces();
+    let mut macs: Vec<String> = ifs
+        .iter()
+        .filter(|i| !i.loopback)
+        .filter_map(|i| i.mac.clone())
+        .collect();
+    macs.dedup();
+    let ips: Vec<String> = ifs
+        .iter()
+        .flat_map(|i| i.ips.iter())
+        .filter(|ip| gateway_discovery::local::dialable(ip))
+        .map(ToString::to_string)
+        .collect();
     Hello {
         name: state.name.clone(),
         node_id: state.node_id.clone(),
-        node_type: "linux".into(),
-        macs: Vec::new(),
-        ips: Vec::new(),
-        links,
+        node_type: state.node_type.clone(),
+        macs: bounded(macs),
+        ips: bounded(ips),
+        links: bounded(links),
         version: PROTOCOL_VERSION,
     }
 }
 
+/// Most entries a Hello list carries (a box with many interfaces or
+/// addresses still sends a frame its peers accept).
+pub const MAX_HELLO_LIST: usize = 32;
+
+fn bounded(mut v: Vec<String>) -> Vec<String> {
+    v.truncate(MAX_HELLO_LIST);
+    v
+}
+
+/// The selectors a peer can dial for our listeners: an unspecified TCP
+/// address (0.0.0.0 / [::]) becomes one selector per interface that is up
+/// (its IPv4 address, else a global IPv6 one), so a Hello names every path
+/// to this node as it is now; other selectors are kept as they are.
+pub fn dialable_links(listening: &[String]) -> Vec<String> {
+    let ifs = gateway_discovery::local::interfaces();
+    let mut out: Vec<String> = Vec::new();
+    for sel in listening {
+        let expanded = sel
+            .strip_prefix("tcp:")
+            .and_then(|rest| rest.parse::<std::net::SocketAddr>().ok())
+            .filter(|a| a.ip().is_unspecified())
+            .map(|a| {
+                ifs.iter()
+                    .filter_map(gateway_discovery::local::Interface::reachable_ip)
+                    .filter(|ip| a.is_ipv6() || ip.is_ipv4())
+                    .map(|ip| format!("tcp:{}", std::net::SocketAddr::new(ip, a.port())))
+                    .collect::<Vec<_>>()
+            });
+        match expanded {
+            Some(list) => out.extend(list),
+            None if sel.starts_with("mock:") => {}
+            None => out.push(sel.clone()),
+        }
+    }
+    out.dedup();
+    out
+}
 /// Sends our Hello and waits for the peer's.
 pub async fn exchange_hello(
     tx: &mut dyn FrameTx,

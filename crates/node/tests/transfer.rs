@@ -98,6 +98,7 @@ impl Pair {
             ServeOptions {
                 dir: self.inbox.clone(),
                 listen: listen.iter().map(|s| s.to_string()).collect(),
+                advertise: false,
             },
         )
         .await
@@ -110,10 +111,7 @@ impl Pair {
         let (stop, stop_rx) = watch::channel(false);
         let st = NodeState::open(&self.send_state).unwrap();
         let reg = self.reg.clone();
-        let opts = SendOptions {
-            path: path.to_path_buf(),
-            to: vec![to.to_string()],
-        };
+        let opts = SendOptions::new(path.to_path_buf(), vec![to.to_string()]);
         let task = tokio::spawn(async move {
             gateway_node::send::send(st, small_cfg(), reg, opts, ptx, stop_rx).await
         });
@@ -131,10 +129,7 @@ impl Pair {
             NodeState::open(&self.send_state).unwrap(),
             small_cfg(),
             self.reg.clone(),
-            SendOptions {
-                path: path.to_path_buf(),
-                to: to.to_vec(),
-            },
+            SendOptions::new(path.to_path_buf(), to.to_vec()),
             ptx,
             stop_rx,
         )
