@@ -204,12 +204,8 @@ pub(crate) async fn send_targets(
     mdns: bool,
     quiet: bool,
 ) -> Result<(SendOptions, Option<Duration>)> {
-    let schemes = reg.schemes();
-    let is_selector = |t: &str| {
-        t.split_once(':')
-            .is_some_and(|(scheme, _)| schemes.iter().any(|s| s == scheme))
-    };
-    let (links, names): (Vec<String>, Vec<String>) = to.into_iter().partition(|t| is_selector(t));
+    // A link selector always has a scheme (tcp:…); a name or node id has no ':'.
+    let (links, names): (Vec<String>, Vec<String>) = to.into_iter().partition(|t| t.contains(':'));
     let mut opts = SendOptions::new(path, links);
     let name = match names.as_slice() {
         [] => return Ok((opts, None)),

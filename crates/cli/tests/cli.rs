@@ -855,13 +855,37 @@ fn send_to_a_nonsense_selector_shows_the_scheme_address_form() {
         "send",
         &s(&t.src),
         "--to",
-        "nonsense",
+        "nonsense:here",
     ]);
     assert_error(
         &out,
         1,
-        &["nonsense", "scheme:address", "tcp:"],
-        "send --to nonsense",
+        &["nonsense", "scheme", "tcp:"],
+        "send --to nonsense:here",
+    );
+}
+
+#[test]
+fn send_to_a_name_nobody_answers_to_says_what_was_tried_and_how_to_add_an_address() {
+    let t = setup();
+    make_file(&t.src, 4096);
+    let out = gateway(&[
+        "--state",
+        &s(&t.send_state),
+        "send",
+        &s(&t.src),
+        "--to",
+        "nobody-by-this-name",
+        "--no-mdns",
+    ]);
+    assert_error(
+        &out,
+        1,
+        &[
+            "no node named \"nobody-by-this-name\"",
+            "gateway peers add nobody-by-this-name",
+        ],
+        "send --to an unknown name",
     );
 }
 
@@ -1087,7 +1111,14 @@ fn a_wrong_pairing_code_fails_on_both_sides_and_trusts_nobody() {
     let out = gateway(&["--state", &s(&t.send_state), "pair", &wrong, "--to", &psel]);
     assert!(!out.status.success(), "a wrong code paired");
     assert!(out.stderr.contains("wrong pairing code"), "{}", out.stderr);
-    let peers = gateway(&["--state", &s(&t.send_state), "peers", "--json"]);
+    let peers = gateway(&[
+        "--state",
+        &s(&t.send_state),
+        "peers",
+        "--browse",
+        "0",
+        "--json",
+    ]);
     let v: Value = serde_json::from_str(peers.stdout.trim()).expect("peers --json");
     assert!(
         v.as_array().unwrap().iter().all(|p| p["trust"] != "paired"),

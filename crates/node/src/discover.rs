@@ -151,6 +151,10 @@ pub async fn discover(
                 }
             });
         }
+        // Without mDNS, nothing new can turn up once every candidate answered.
+        if browser.is_none() && tasks.is_empty() {
+            break;
+        }
         let end = match settle_at {
             Some(s) => s.min(deadline),
             None => deadline,
@@ -432,7 +436,7 @@ pub async fn resolve(
 }
 
 fn not_found(want: &str, d: &Discovery) -> NodeError {
-    let mut lines = vec![format!("no node named {want:?} answered")];
+    let mut lines = vec![format!("no node named {want:?} answered:")];
     match &d.mdns_error {
         Some(e) => lines.push(format!("  mDNS was not used: {e}")),
         None => {
@@ -455,5 +459,5 @@ fn not_found(want: &str, d: &Discovery) -> NodeError {
     lines.push(format!(
         "  if it is reachable at a known address, record it: gateway peers add {want} tcp:HOST:7878"
     ));
-    NodeError::NoLinks(lines.join("\n"))
+    NodeError::Other(lines.join("\n"))
 }

@@ -1,0 +1,236 @@
+//! Finding peers with real mDNS (this host's interfaces) and real TCP
+//! listeners in one process: a lying TXT record, two nodes with one name,
+//! static addresses, and the identity exchange filling the peerstore.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gateway_discovery::{Advert, Advertiser};
+use gateway_link::Registry;
+use gateway_node::discover::{self, DiscoverOptions};
+use gateway_node::serve::{ServeHandle, ServeOptions};
+use gateway_node::{NodeConfig, NodeError, NodeState, trust};
+use gateway_secure::NodeId;
+
+/// A name no other test run on this network uses.
+fn unique(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{tag}-{}-{nanos}", std::process::id())
+}
+
+fn node(dir: &Path, name: &str) -> NodeState {
+    let mut st = NodeState::open(dir).unwrap();
+    st.set_identity(Some(name), Some("server")).unwrap();
+    st
+}
+
+async fn serve(st: NodeState, inbox: &Path, advertise: bool) -> ServeHandle {
+    gateway_node::serve::start(
+        st,
+        NodeConfig::default(),
+        Arc::new(gateway_node::registry::default_registry()),
+        ServeOptions {
+            dir: inbox.to_path_buf(),
+            listen: vec!["tcp:0.0.0.0:0".into()],
+            advertise,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+fn reg() -> Arc<Registry> {
+    Arc::new(gateway_node::registry::default_registry())
+}
+
+fn port_of(h: &ServeHandle) -> u16 {
+    h.local_selectors[0]
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_peer_is_found_verified_and_recorded_with_its_identity() {
+    let root = tempfile::tempdir().unwrap();
+    let name = unique("found");
+    let server = node(&root.path().join("a"), &name);
+    let server_id = server.node_id.clone();
+    let h = serve(server, &root.path().join("in"), true).await;
+    let client = node(&root.path().join("b"), "client");
+    let route = discover::resolve(&client, &NodeConfig::default(), reg(), &name, true)
+        .await
+        .unwrap();
+    assert_eq!(route.peer_id.as_str(), server_id);
+    assert_eq!(route.name, name);
+    assert!(!route.links.is_empty());
+    let port = port_of(&h);
+    assert!(
+        route.links.iter().all(|l| l.ends_with(&format!(":{port}"))),
+        "{route:?}"
+    );
+    assert!(route.found_after < Duration::from_secs(3), "{route:?}");
+    // The identity exchange filled the peerstore.
+    let rec = client.store().peer(&server_id).unwrap().unwrap();
+    assert_eq!(rec.name, name);
+    assert_eq!(rec.node_type, "server");
+    assert!(!rec.ips.is_empty());
+    assert!(!rec.links.is_empty());
+    assert_eq!(rec.trust, trust::UNTRUSTED);
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_txt_record_that_lies_about_the_node_id_is_flagged_not_used() {
+    let root = tempfile::tempdir().unwrap();
+    // A real node, not advertised...
+    let honest = node(&root.path().join("honest"), "honest");
+    let honest_id = NodeId::parse(&honest.node_id).unwrap();
+    let h = serve(honest, &root.path().join("in"), false).await;
+    // ...and a record that claims another id and name for its address.
+    let fake_name = unique("liar");
+    let fake_id = NodeState::open(&root.path().join("nobody"))
+        .unwrap()
+        .node_id;
+    let adv = Advertiser::start(
+        &Advert {
+            node_id: fake_id.clone(),
+            name: fake_name.clone(),
+            node_type: "server".into(),
+            version: 1,
+            links: vec!["tcp".into()],
+        },
+        port_of(&h),
+        "0.0.0.0".parse().unwrap(),
+    )
+    .unwrap();
+    let client = node(&root.path().join("c"), "client");
+    let cfg = NodeConfig {
+        trust: gateway_secure::TrustPolicy::Tofu,
+        ..NodeConfig::default()
+    };
+    let err = discover::resolve(&client, &cfg, reg(), &fake_name, true)
+        .await
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, NodeError::Other(_)), "{text}");
+    assert!(text.contains("claims node id"), "{text}");
+    // The key behind the lie is flagged and, even under TOFU, not trusted.
+    let rec = client.store().peer(honest_id.as_str()).unwrap().unwrap();
+    assert!(rec.flag.as_deref().unwrap().contains(&fake_id), "{rec:?}");
+    assert_eq!(rec.trust, trust::UNTRUSTED);
+    adv.stop().await;
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_with_one_name_are_told_apart_by_id_and_trust() {
+    let root = tempfile::tempdir().unwrap();
+    let name = unique("twin");
+    let a = node(&root.path().join("a"), &name);
+    let b = node(&root.path().join("b"), &name);
+    let a_id = NodeId::parse(&a.node_id).unwrap();
+    let b_id = NodeId::parse(&b.node_id).unwrap();
+    let ha = serve(a, &root.path().join("ia"), true).await;
+    let hb = serve(b, &root.path().join("ib"), true).await;
+    let client = node(&root.path().join("c"), "client");
+    let cfg = NodeConfig::default();
+    let mut cfg_slow = cfg.clone();
+    // Both must answer before the settle time ends.
+    cfg_slow.discovery_settle = Duration::from_millis(1500);
+    let err = discover::resolve(&client, &cfg_slow, reg(), &name, true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("matches 2 nodes"), "{err}");
+    assert!(
+        err.contains(a_id.as_str()) && err.contains(b_id.as_str()),
+        "{err}"
+    );
+    // By id, each is found alone.
+    let by_id = discover::resolve(&client, &cfg, reg(), b_id.as_str(), true)
+        .await
+        .unwrap();
+    assert_eq!(by_id.peer_id, b_id);
+    // Trusting one makes the name mean that one, with a warning about the other.
+    trust::set_trust(&client, &a_id, None, trust::PAIRED).unwrap();
+    let r = discover::resolve(&client, &cfg_slow, reg(), &name, true)
+        .await
+        .unwrap();
+    assert_eq!(r.peer_id, a_id);
+    assert!(
+        r.warnings.iter().any(|w| w.contains(b_id.as_str())),
+        "{r:?}"
+    );
+    ha.shutdown().await.unwrap();
+    hb.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_address_reaches_a_peer_mdns_cannot_see() {
+    let root = tempfile::tempdir().unwrap();
+    let name = unique("static");
+    let server = node(&root.path().join("a"), &name);
+    let server_id = server.node_id.clone();
+    let h = serve(server, &root.path().join("in"), false).await;
+    let client = node(&root.path().join("b"), "client");
+    let sel = format!("tcp:127.0.0.1:{}", port_of(&h));
+    client.store().add_static_addr(&name, &sel, 1).unwrap();
+    // mDNS off: only the static address can find it.
+    let route = discover::resolve(&client, &NodeConfig::default(), reg(), &name, false)
+        .await
+        .unwrap();
+    assert_eq!(route.peer_id.as_str(), server_id);
+    assert!(route.links.contains(&sel), "{route:?}");
+    // Nothing there: the error names what was tried and how to add an address.
+    let missing = unique("missing");
+    let err = discover::resolve(&client, &NodeConfig::default(), reg(), &missing, false)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gateway peers add"), "{err}");
+    h.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_leaves_is_no_longer_live() {
+    let root = tempfile::tempdir().unwrap();
+    let name = unique("leaver");
+    let server = node(&root.path().join("a"), &name);
+    let server_id = server.node_id.clone();
+    let h = serve(server, &root.path().join("in"), true).await;
+    let client = node(&root.path().join("b"), "client");
+    let opts = DiscoverOptions {
+        window: Duration::from_secs(2),
+        want: None,
+        settle: Duration::ZERO,
+        mdns: true,
+    };
+    let d = discover::discover(&client, &NodeConfig::default(), reg(), &opts)
+        .await
+        .unwrap();
+    assert!(
+        d.verified.iter().any(|v| v.id.as_str() == server_id),
+        "{d:?}"
+    );
+    h.shutdown().await.unwrap();
+    let d = discover::discover(&client, &NodeConfig::default(), reg(), &opts)
+        .await
+        .unwrap();
+    assert!(
+        !d.verified.iter().any(|v| v.id.as_str() == server_id),
+        "a stopped node still answered: {d:?}"
+    );
+    assert!(
+        !d.sightings
+            .iter()
+            .any(|(s, _)| s.advert.node_id == server_id),
+        "its record outlived the goodbye"
+    );
+}
