@@ -846,7 +846,7 @@ fn send_of_a_missing_file_names_the_path_and_exits_1() {
 }
 
 #[test]
-fn send_to_a_nonsense_selector_shows_the_scheme_address_form() {
+fn send_to_an_unknown_scheme_names_it_and_lists_the_known_ones() {
     let t = setup();
     make_file(&t.src, 4096);
     let out = gateway(&[
@@ -860,7 +860,7 @@ fn send_to_a_nonsense_selector_shows_the_scheme_address_form() {
     assert_error(
         &out,
         1,
-        &["nonsense", "scheme", "tcp:"],
+        &["nonsense", "unknown link scheme", "tcp"],
         "send --to nonsense:here",
     );
 }

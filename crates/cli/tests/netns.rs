@@ -279,6 +279,18 @@ fn two_namespaces_find_each_other_by_mdns_and_send_by_name_over_both_veths() {
         ],
     );
 
+    // A DNS-SD browser that is not ours sees the advertisement.
+    let foreign = zeroconf_browse(&net);
+    if let Some(list) = &foreign {
+        let a = list
+            .as_array()
+            .and_then(|l| l.iter().find(|s| s["txt"]["name"] == "alice"))
+            .unwrap_or_else(|| panic!("python-zeroconf did not see alice: {list}"));
+        assert_eq!(a["txt"]["id"], id_a.as_str());
+        assert_eq!(a["txt"]["type"], "server");
+        assert_eq!(a["port"], 7878);
+    }
+
     // Discovery: bob browses and verifies; alice must be found in ≤ 3 s.
     let mut found_ms = Vec::new();
     for _ in 0..5 {
@@ -426,4 +438,47 @@ fn two_namespaces_find_each_other_by_mdns_and_send_by_name_over_both_veths() {
     let list: Value = serde_json::from_str(&out).unwrap();
     let a = peer(&list, "alice").expect("alice stays known");
     assert_eq!(a["live"], false, "{a}");
+    if foreign.is_some() {
+        let after = zeroconf_browse(&net).unwrap();
+        assert_eq!(
+            after,
+            serde_json::json!([]),
+            "alice's record outlived her goodbye"
+        );
+    }
+}
+
+/// What python-zeroconf (an independent DNS-SD implementation) sees from
+/// namespace `b` in 2 s; `None` if it is not installed (CI installs it).
+fn zeroconf_browse(net: &Net) -> Option<Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/dnssd_browse.py");
+    let has = run("python3", &["-c", "import zeroconf"]).status.success();
+    if !has {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI must check the advertisement with python-zeroconf (pip install zeroconf)"
+        );
+        eprintln!(
+            "SKIPPED: python-zeroconf is not installed; `pip install zeroconf` to check interop"
+        );
+        return None;
+    }
+    let out = run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &net.b,
+            "python3",
+            script,
+            "_gateway._tcp.local.",
+            "2",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).expect("dnssd_browse.py prints JSON"))
 }

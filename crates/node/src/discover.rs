@@ -83,11 +83,16 @@ pub fn matches(want: &str, name: &str, id: &str) -> bool {
     name == want || (w.len() >= 8 && norm(id).starts_with(&w))
 }
 
-struct Attempt {
+/// An address to try, and what it was said to be.
+struct Candidate {
     selector: String,
     source: Source,
-    /// The id the candidate was advertised with (mDNS TXT), if any.
+    /// (node id, mDNS instance) the address was advertised with, if any.
     claimed: Option<(String, String)>,
+}
+
+struct Attempt {
+    candidate: Candidate,
     result: Result<(Hello, NodeId), NodeError>,
 }
 
@@ -116,10 +121,7 @@ pub async fn discover(
         out.mdns_error = Some("mDNS is off".into());
         None
     };
-    let mut queue: Vec<(String, Source, Option<(String, String)>)> = Vec::new();
-    for (sel, source) in initial_candidates(state, opts.want.as_deref())? {
-        queue.push((sel, source, None));
-    }
+    let mut queue: Vec<Candidate> = initial_candidates(state, opts.want.as_deref())?;
     let ours = wire::hello(state, Vec::new());
     let sem = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut tried: HashSet<String> = HashSet::new();
@@ -129,8 +131,8 @@ pub async fn discover(
     let mut settle_at: Option<tokio::time::Instant> = None;
     let exchange_timeout = cfg.handshake_timeout.min(Duration::from_secs(3));
     loop {
-        for (sel, source, claimed) in queue.drain(..) {
-            if !tried.insert(sel.clone()) {
+        for c in queue.drain(..) {
+            if !tried.insert(c.selector.clone()) {
                 continue;
             }
             let (reg, key, ours, cfg, sem) = (
@@ -142,11 +144,9 @@ pub async fn discover(
             );
             tasks.spawn(async move {
                 let _permit = sem.acquire_owned().await;
-                let result = identify(&reg, &key, &sel, ours, &cfg, exchange_timeout).await;
+                let result = identify(&reg, &key, &c.selector, ours, &cfg, exchange_timeout).await;
                 Attempt {
-                    selector: sel,
-                    source,
-                    claimed,
+                    candidate: c,
                     result,
                 }
             });
@@ -169,11 +169,11 @@ pub async fn discover(
                         .is_none_or(|w| matches(w, &s.advert.name, &s.advert.node_id));
                     if wanted {
                         for a in &s.addrs {
-                            queue.push((
-                                format!("tcp:{a}"),
-                                Source::Mdns,
-                                Some((s.advert.node_id.clone(), s.instance.clone())),
-                            ));
+                            queue.push(Candidate {
+                                selector: format!("tcp:{a}"),
+                                source: Source::Mdns,
+                                claimed: Some((s.advert.node_id.clone(), s.instance.clone())),
+                            });
                         }
                     }
                     let at = sightings.get(&s.instance).map_or(started.elapsed(), |(_, t)| *t);
@@ -199,7 +199,11 @@ pub async fn discover(
                         settle_at.get_or_insert(tokio::time::Instant::now() + opts.settle);
                         // The peer's own list of its links: try each.
                         for l in &v.hello.links {
-                            queue.push((l.clone(), Source::Announced, None));
+                            queue.push(Candidate {
+                                selector: l.clone(),
+                                source: Source::Announced,
+                                claimed: None,
+                            });
                         }
                     }
                     out.verified.push(v);
@@ -224,10 +228,7 @@ pub async fn discover(
 }
 
 /// Static addresses and, for a wanted peer, the links it announced before.
-fn initial_candidates(
-    state: &NodeState,
-    want: Option<&str>,
-) -> Result<Vec<(String, Source)>, NodeError> {
+fn initial_candidates(state: &NodeState, want: Option<&str>) -> Result<Vec<Candidate>, NodeError> {
     let store = state.store();
     let known: Vec<_> = match want {
         Some(w) => store
@@ -244,12 +245,20 @@ fn initial_candidates(
             Some(w) => name == w || known.iter().any(|p| p.name == name),
         };
         if wanted {
-            out.push((sel, Source::Static));
+            out.push(Candidate {
+                selector: sel,
+                source: Source::Static,
+                claimed: None,
+            });
         }
     }
     for p in &known {
         for l in &p.links {
-            out.push((l.clone(), Source::Known));
+            out.push(Candidate {
+                selector: l.clone(),
+                source: Source::Known,
+                claimed: None,
+            });
         }
     }
     Ok(out)
@@ -263,7 +272,11 @@ fn settle(
     started: Instant,
     out: &mut Discovery,
 ) -> Result<Option<Verified>, NodeError> {
-    let (hello, id) = match a.result {
+    let Attempt {
+        candidate: a,
+        result,
+    } = a;
+    let (hello, id) = match result {
         Ok(r) => r,
         Err(e) => {
             tracing::debug!(selector = %a.selector, "candidate did not answer: {e}");
