@@ -236,6 +236,10 @@ pub(crate) async fn send_targets(
     }
     opts.extra = route.extra;
     opts.expect = Some(route.peer_id);
+    opts.lookup = Some(gateway_node::send::Lookup {
+        query: name.clone(),
+        mdns,
+    });
     Ok((opts, Some(route.found_after)))
 }
 

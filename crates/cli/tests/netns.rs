@@ -21,6 +21,15 @@ fn run(cmd: &str, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd} {args:?}: {e}"))
 }
 
+/// A command line run inside namespace `ns` (split on spaces).
+fn sh_in(ns: &str, cmd: &str) {
+    let args: Vec<&str> = ["netns", "exec", ns]
+        .into_iter()
+        .chain(cmd.split(' '))
+        .collect();
+    ip(&args);
+}
+
 fn ip(args: &[&str]) {
     let out = run("ip", args);
     assert!(
@@ -294,6 +303,9 @@ fn two_namespaces_find_each_other_by_mdns_and_send_by_name_over_both_veths() {
     // Discovery: bob browses and verifies; alice must be found in ≤ 3 s.
     let mut found_ms = Vec::new();
     for _ in 0..5 {
+        // A responder multicasts a record at most once a second per interface
+        // (RFC 6762 §6): back-to-back browses would measure that limit.
+        std::thread::sleep(Duration::from_millis(1100));
         let out = net.gateway_ok(
             &net.b,
             &[&bob[..], &["peers", "--browse", "1.5", "--json"]].concat(),
@@ -365,69 +377,67 @@ fn two_namespaces_find_each_other_by_mdns_and_send_by_name_over_both_veths() {
         "{b}"
     );
 
-    // Alice's first link moves to a new subnet (a DHCP renew): bob picks it
-    // up without anyone restarting.
-    ip(&[
-        "-n",
-        &net.a,
-        "addr",
-        "del",
-        "10.231.1.1/24",
-        "dev",
-        &net.a_ends[0],
-    ]);
-    ip(&[
-        "-n",
-        &net.a,
-        "addr",
-        "add",
-        "10.231.3.1/24",
-        "dev",
-        &net.a_ends[0],
-    ]);
-    ip(&[
-        "-n",
-        &net.b,
-        "addr",
-        "add",
-        "10.231.3.2/24",
-        "dev",
-        &net.b_ends[0],
-    ]);
-    let moved = "tcp:10.231.3.1:7878";
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = net.gateway_ok(
+    // Alice's first link moves to a new subnet in the middle of a transfer
+    // (a DHCP renew): the old path goes silent, bob's sender declares it
+    // down, finds alice again and carries on over the new address, without
+    // anyone restarting. The paths are slowed so the transfer outlives it.
+    for end in &net.b_ends {
+        sh_in(
             &net.b,
-            &[&bob[..], &["peers", "--browse", "2", "--json"]].concat(),
-        );
-        let list: Value = serde_json::from_str(&out).unwrap();
-        let live = peer(&list, "alice")
-            .map(|a| strings(&a["live_links"]))
-            .unwrap_or_default();
-        if live.iter().any(|l| l == moved) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new address never showed up: {live:?}"
+            &format!("tc qdisc add dev {end} root tbf rate 16mbit burst 32kbit latency 400ms"),
         );
     }
-    let small = root.path().join("small.bin");
-    let hash = make_file(&small, 3 << 20);
-    let out = net.gateway_ok(
-        &net.b,
-        &[&bob[..], &["send", s(&small), "--to", "alice", "--json"]].concat(),
+    let big = root.path().join("big.bin");
+    let hash = make_file(&big, 96 << 20);
+    let sender = net
+        .gateway(
+            &net.b,
+            &[&bob[..], &["send", s(&big), "--to", "alice", "--json"]].concat(),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the sender");
+    std::thread::sleep(Duration::from_secs(3));
+    sh_in(
+        &net.a,
+        &format!("ip addr del 10.231.1.1/24 dev {}", net.a_ends[0]),
     );
-    let report: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-    assert_eq!(report["hash"], hash.as_str());
-    let sels: Vec<String> = report["links"]
+    sh_in(
+        &net.a,
+        &format!("ip addr add 10.231.3.1/24 dev {}", net.a_ends[0]),
+    );
+    sh_in(
+        &net.b,
+        &format!("ip addr add 10.231.3.2/24 dev {}", net.b_ends[0]),
+    );
+    let out = sender.wait_with_output().expect("the sender finishes");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "send failed: {stderr}");
+    let report: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap())
+            .expect("send --json");
+    assert_eq!(report["hash"], hash.as_str(), "{report}");
+    let moved = "tcp:10.231.3.1:7878";
+    let new_link = report["links"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| l["selector"].as_str().unwrap().to_string())
-        .collect();
-    assert!(sels.iter().any(|l| l == moved), "{sels:?}");
+        .find(|l| l["selector"] == moved)
+        .unwrap_or_else(|| panic!("the moved address was never used: {report}\n{stderr}"));
+    assert!(new_link["bytes"].as_u64().unwrap() > 0, "{report}");
+    eprintln!("moved mid-transfer: {report}");
+    // And a browse shows alice at her new address.
+    let out = net.gateway_ok(
+        &net.b,
+        &[&bob[..], &["peers", "--browse", "2", "--json"]].concat(),
+    );
+    let list: Value = serde_json::from_str(&out).unwrap();
+    let live = peer(&list, "alice")
+        .map(|a| strings(&a["live_links"]))
+        .unwrap_or_default();
+    assert!(live.iter().any(|l| l == moved), "{live:?}");
 
     // Alice stops: her goodbye takes her off the live list.
     serve.stop();

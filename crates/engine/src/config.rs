@@ -14,6 +14,10 @@ pub struct Config {
     pub link_window_bytes: u64,
     /// An in-flight chunk not acked within this time is given to another link.
     pub chunk_timeout: Duration,
+    /// A link with chunks in flight that has sent nothing back for this long
+    /// is declared down (a pulled cable, a moved address: TCP would wait
+    /// minutes); the IHS then retries it or discovery finds a new path.
+    pub link_silence_timeout: Duration,
     /// How often a failed link is tried again (IHS ERROR).
     pub retry_interval: Duration,
     /// The receiver makes data durable after this many new bytes...
@@ -35,6 +39,7 @@ impl Default for Config {
             chunk_size_bytes: 1 << 20,
             link_window_bytes: 8 << 20,
             chunk_timeout: Duration::from_secs(20),
+            link_silence_timeout: Duration::from_secs(15),
             retry_interval: Duration::from_secs(2),
             checkpoint_bytes: 16 << 20,
             checkpoint_interval: Duration::from_secs(1),

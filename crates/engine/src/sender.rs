@@ -70,6 +70,8 @@ struct LinkState {
     /// chunk index -> time the copy on this link was sent.
     inflight: BTreeMap<u64, Instant>,
     retry_at: Option<Instant>,
+    /// When something last arrived on this link (see [`Sender::link_heard`]).
+    heard_at: Option<Instant>,
     stats: LinkStats,
 }
 
@@ -303,6 +305,15 @@ impl Sender {
         self.links.get(&link).is_some_and(|l| l.up)
     }
 
+    /// Something (an ack, a checkpoint, a pong) arrived on `link` at `now`:
+    /// it is alive. A link with chunks in flight that stays silent for
+    /// `link_silence_timeout` is declared down by [`Sender::handle_timeout`].
+    pub fn link_heard(&mut self, link: LinkId, now: Instant) {
+        if let Some(st) = self.links.get_mut(&link) {
+            st.heard_at = Some(now);
+        }
+    }
+
     /// Links that are up now.
     pub fn links_up(&self) -> usize {
         self.links.values().filter(|l| l.up).count()
@@ -517,6 +528,23 @@ impl Sender {
     /// the queue (the stalled link's window frees up too); failed links whose
     /// retry time has come are reported.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Silent links: chunks in flight, nothing heard since the later of
+        // the last word from it and its oldest chunk in flight.
+        let silence = self.cfg.link_silence_timeout;
+        let silent: Vec<LinkId> = self
+            .links
+            .iter()
+            .filter(|(_, st)| st.up)
+            .filter_map(|(&id, st)| {
+                let oldest = *st.inflight.values().min()?;
+                let since = st.heard_at.map_or(oldest, |h| h.max(oldest));
+                (now.saturating_duration_since(since) >= silence).then_some(id)
+            })
+            .collect();
+        for id in silent {
+            let why = format!("nothing heard for {silence:?} with chunks in flight");
+            self.link_down(id, &why, now);
+        }
         let timeout = self.cfg.chunk_timeout;
         let mut expired = Vec::new();
         for (&id, st) in &self.links {
@@ -547,6 +575,10 @@ impl Sender {
         for st in self.links.values() {
             if let Some(&oldest) = st.inflight.values().min() {
                 consider(oldest + self.cfg.chunk_timeout);
+                if st.up {
+                    let since = st.heard_at.map_or(oldest, |h| h.max(oldest));
+                    consider(since + self.cfg.link_silence_timeout);
+                }
                 if self.pending.is_empty() && self.phase == Phase::Sending {
                     // When a tail chunk becomes old enough to duplicate.
                     consider(oldest + self.cfg.tail_duplicate_after);
@@ -699,6 +731,52 @@ mod tests {
         // First copy wins: the ack over link 1 frees link 0's window too.
         s.handle_ack(1, &[Range { start: 0, end: 1 }]).unwrap();
         assert!(!s.links[&0].inflight.contains_key(&0));
+    }
+
+    #[test]
+    fn a_link_silent_with_chunks_in_flight_is_declared_down_and_its_chunks_move() {
+        let mut s = tx();
+        accept_all_missing(&mut s);
+        s.link_up(0);
+        s.link_up(1);
+        let t0 = Instant::now();
+        let silence = Config::default().link_silence_timeout;
+        assert_eq!(s.poll_chunk(0, t0).map(|c| c.index), Some(0));
+        // Link 1 keeps talking; link 0 goes quiet.
+        let c1 = s.poll_chunk(1, t0).unwrap().index;
+        s.handle_ack(
+            1,
+            &[Range {
+                start: c1,
+                end: c1 + 1,
+            }],
+        )
+        .unwrap();
+        s.link_heard(1, t0 + silence / 2);
+        s.handle_timeout(t0 + silence / 2);
+        assert!(s.link_is_up(0), "not silent long enough yet");
+        // A word from link 0 restarts its clock.
+        s.link_heard(0, t0 + silence / 2);
+        s.handle_timeout(t0 + silence);
+        assert!(s.link_is_up(0));
+        s.handle_timeout(t0 + silence / 2 + silence);
+        assert!(!s.link_is_up(0), "silent for the whole timeout");
+        assert!(
+            s.link_is_up(1),
+            "link 1 has nothing in flight: idle is not silent"
+        );
+        match s.poll_event() {
+            Some(Event::Signal(Signal::Error {
+                link: 0,
+                requeued,
+                reason,
+            })) => {
+                assert_eq!(requeued, vec![0]);
+                assert!(reason.contains("nothing heard"), "{reason}");
+            }
+            other => panic!("expected ERROR for link 0, got {other:?}"),
+        }
+        assert_eq!(s.poll_chunk(1, t0 + 2 * silence).map(|c| c.index), Some(0));
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub discovery_window: Duration,
     /// Once the peer answered, how long to wait for its other paths.
     pub discovery_settle: Duration,
+    /// While a link to a named receiver is down, look for it again this often.
+    pub rediscover_interval: Duration,
 }
 
 impl Default for NodeConfig {
@@ -47,6 +49,7 @@ impl Default for NodeConfig {
             reserve_free_bytes: 16 << 20,
             discovery_window: Duration::from_secs(3),
             discovery_settle: Duration::from_millis(300),
+            rediscover_interval: Duration::from_secs(5),
         }
     }
 }

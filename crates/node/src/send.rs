@@ -41,6 +41,18 @@ pub struct SendOptions {
     /// The receiver's key, when it is known (a peer named by the user):
     /// links reaching another key are refused.
     pub expect: Option<NodeId>,
+    /// How the receiver was named, to look for it again while a link is down
+    /// (its address may have moved: Wi-Fi reconnect, DHCP renew).
+    pub lookup: Option<Lookup>,
+}
+
+/// A named receiver, found again by discovery while links are down.
+#[derive(Clone, Debug)]
+pub struct Lookup {
+    /// Name, node id or id prefix, as the user gave it.
+    pub query: String,
+    /// Browse mDNS (else static and known addresses only).
+    pub mdns: bool,
 }
 
 impl SendOptions {
@@ -51,6 +63,7 @@ impl SendOptions {
             to,
             extra: Vec::new(),
             expect: None,
+            lookup: None,
         }
     }
 }
@@ -156,7 +169,8 @@ struct Shared {
     /// Wakes writers when window room or work appears.
     wake: Notify,
     file: File,
-    selectors: Vec<String>,
+    /// One per link id; links found later are appended.
+    selectors: Mutex<Vec<String>>,
     /// Caps for frames from the receiver (the node's configured limits).
     limits: gateway_proto::Limits,
 }
@@ -164,6 +178,22 @@ struct Shared {
 impl Shared {
     fn engine(&self) -> MutexGuard<'_, Sender> {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn selectors(&self) -> Vec<String> {
+        self.selectors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn selector(&self, link: LinkId) -> String {
+        self.selectors
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(link as usize)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 
@@ -180,6 +210,10 @@ enum Internal {
     Reopened { link: LinkId, conn: Joined },
     /// A retry failed.
     RetryFailed { link: LinkId, reason: String },
+    /// Discovery looked for the receiver again (links were down).
+    Found(Result<crate::discover::Route, String>),
+    /// A path found by discovery joined the transfer.
+    Added { selector: String, conn: Joined },
 }
 
 /// An opened link that said Hello and joined the transfer.
@@ -197,6 +231,8 @@ struct LinkSlot {
     tx: Option<Arc<tokio::sync::Mutex<Box<dyn FrameTx>>>>,
     tasks: Vec<JoinHandle<()>>,
     retrying: bool,
+    /// Discovery no longer finds the receiver here: not retried.
+    retired: bool,
 }
 
 impl LinkSlot {
@@ -436,7 +472,7 @@ pub async fn send(
         engine: Mutex::new(engine),
         wake: Notify::new(),
         file,
-        selectors: selectors.clone(),
+        selectors: Mutex::new(selectors.clone()),
         limits: cfg.limits.clone(),
     });
     let (itx, mut irx) = mpsc::unbounded_channel::<Internal>();
@@ -448,6 +484,7 @@ pub async fn send(
             tx: None,
             tasks: Vec::new(),
             retrying: false,
+            retired: false,
         };
         let link = i as LinkId;
         {
@@ -471,6 +508,8 @@ pub async fn send(
     let mut hash_task = Some(hash_task);
     let mut no_links_since: Option<Instant> = None;
     let mut verify_started: Option<Instant> = None;
+    let mut looking = false;
+    let mut last_look: Option<Instant> = None;
     let outcome: Result<(), NodeError> = loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -485,7 +524,7 @@ pub async fn send(
                         let slot = &mut slots[link as usize];
                         if slot.generation == generation && slot.tx.is_some() {
                             slot.stop_tasks();
-                            tracing::warn!(parent: &span, link = %shared.selectors[link as usize], "link down: {reason}");
+                            tracing::warn!(parent: &span, link = %shared.selector(link), "link down: {reason}");
                             shared.engine().link_down(link, &reason, Instant::now());
                             shared.wake.notify_waiters();
                         }
@@ -506,14 +545,78 @@ pub async fn send(
                             }
                             e.link_up(link);
                         }
-                        tracing::info!(parent: &span, link = %shared.selectors[link as usize], "link back");
+                        tracing::info!(parent: &span, link = %shared.selector(link), "link back");
                         slot.generation += 1;
                         start_link(&shared, slot, link, conn, &itx, &span)?;
                         shared.wake.notify_waiters();
                     }
+                    Internal::Found(found) => {
+                        looking = false;
+                        match found {
+                            Ok(route) => {
+                                let known = shared.selectors();
+                                let paths: Vec<String> =
+                                    route.links.iter().chain(&route.extra).cloned().collect();
+                                for (i, sel) in known.iter().enumerate() {
+                                    let slot = &mut slots[i];
+                                    if !paths.contains(sel) && slot.tx.is_none() && !slot.retired {
+                                        tracing::info!(parent: &span, link = %sel, "the receiver is no longer found here; not retrying it");
+                                        slot.retired = true;
+                                    }
+                                }
+                                for sel in paths.into_iter().filter(|p| !known.contains(p)) {
+                                    let (reg, key, ours, cfg, itx) = (
+                                        reg.clone(),
+                                        state.key.clone(),
+                                        ours.clone(),
+                                        cfg.clone(),
+                                        itx.clone(),
+                                    );
+                                    let reload = shared.engine().reload(&RangeSet::new());
+                                    let expected = peer_id.clone();
+                                    tokio::spawn(async move {
+                                        match reopen(&reg, &key, &sel, ours, &cfg, reload, &expected).await {
+                                            Ok(conn) => {
+                                                let _ = itx.send(Internal::Added { selector: sel, conn });
+                                            }
+                                            Err(e) => tracing::debug!(link = %sel, "found but not joined: {e}"),
+                                        }
+                                    });
+                                }
+                            }
+                            Err(why) => tracing::debug!(parent: &span, "looking for the receiver again: {why}"),
+                        }
+                    }
+                    Internal::Added { selector, conn } => {
+                        let link = {
+                            let mut sels = shared.selectors.lock().unwrap_or_else(|p| p.into_inner());
+                            if sels.contains(&selector) {
+                                continue;
+                            }
+                            sels.push(selector.clone());
+                            (sels.len() - 1) as LinkId
+                        };
+                        slots.push(LinkSlot {
+                            generation: 0,
+                            tx: None,
+                            tasks: Vec::new(),
+                            retrying: false,
+                            retired: false,
+                        });
+                        {
+                            let mut e = shared.engine();
+                            if let Err(err) = e.handle_rejoin(&conn.accept) {
+                                tracing::warn!("new link refused: {err}");
+                            }
+                            e.link_up(link);
+                        }
+                        tracing::info!(parent: &span, link = %selector, "a new path to the receiver joined");
+                        start_link(&shared, &mut slots[link as usize], link, conn, &itx, &span)?;
+                        shared.wake.notify_waiters();
+                    }
                     Internal::RetryFailed { link, reason } => {
                         slots[link as usize].retrying = false;
-                        tracing::debug!(link = %shared.selectors[link as usize], "retry failed: {reason}");
+                        tracing::debug!(link = %shared.selector(link), "retry failed: {reason}");
                         shared.engine().link_retry_failed(link, Instant::now());
                     }
                 }
@@ -571,10 +674,10 @@ pub async fn send(
                 }
                 Event::RetryLink(link) => {
                     let slot = &mut slots[link as usize];
-                    if !slot.retrying {
+                    if !slot.retrying && !slot.retired {
                         slot.retrying = true;
                         let reg = reg.clone();
-                        let sel = shared.selectors[link as usize].clone();
+                        let sel = shared.selector(link);
                         let ours = ours.clone();
                         let cfg = cfg.clone();
                         let itx = itx.clone();
@@ -641,6 +744,37 @@ pub async fn send(
                 "no verdict from the receiver within {:?}",
                 cfg.verdict_timeout
             )));
+        }
+        // Links the engine declared down (silent too long) stop their tasks;
+        // the IHS retry reconnects them.
+        for (i, slot) in slots.iter_mut().enumerate() {
+            if slot.tx.is_some() && !shared.engine().link_is_up(i as LinkId) {
+                tracing::warn!(parent: &span, link = %shared.selector(i as LinkId), "link silent; reconnecting");
+                slot.stop_tasks();
+            }
+        }
+        // A named receiver with links down: look for it again (its
+        // address may have moved), at most every `rediscover_interval`.
+        if let Some(lk) = &opts.lookup
+            && !looking
+            && shared.engine().links_up() < slots.iter().filter(|s| !s.retired).count()
+            && last_look.is_none_or(|t| now.duration_since(t) >= cfg.rediscover_interval)
+        {
+            looking = true;
+            last_look = Some(now);
+            let (state, cfg, reg, itx, lk) = (
+                state.clone(),
+                cfg.clone(),
+                reg.clone(),
+                itx.clone(),
+                lk.clone(),
+            );
+            tokio::spawn(async move {
+                let found = crate::discover::resolve(&state, &cfg, reg, &lk.query, lk.mdns)
+                    .await
+                    .map_err(|e| e.to_string());
+                let _ = itx.send(Internal::Found(found));
+            });
         }
         // No link at all for too long: pause.
         let up = shared.engine().links_up();
@@ -881,7 +1015,7 @@ fn start_link(
     let tx = Arc::new(tokio::sync::Mutex::new(conn.tx));
     slot.tx = Some(tx.clone());
     let generation = slot.generation;
-    let sel = shared.selectors[link as usize].clone();
+    let sel = shared.selector(link);
     let lspan = tracing::info_span!(parent: span, "link", sel = %sel);
     slot.tasks.push(tokio::spawn(
         writer(shared.clone(), link, generation, tx, itx.clone()).instrument(lspan.clone()),
@@ -965,6 +1099,7 @@ async fn reader(
                 return;
             }
         };
+        shared.engine().link_heard(link, Instant::now());
         match &frame.body {
             Body::Ack(a) => {
                 let r = shared.engine().handle_ack(link, &a.ranges);
@@ -1032,7 +1167,7 @@ fn handle_control_frame(
         }
         Body::Reject(r) => Some(Err(NodeError::Rejected(r.message))),
         Body::Error(e) => {
-            tracing::warn!(link = %shared.selectors[link as usize], "receiver error: {}", e.message);
+            tracing::warn!(link = %shared.selector(link), "receiver error: {}", e.message);
             match e.code {
                 ErrorCode::DiskFull => Some(Err(NodeError::Paused(format!(
                     "the receiver's disk is full ({}); free space there, then run the same send again",
@@ -1058,7 +1193,7 @@ fn save_signal(
             reason,
             requeued,
         } => serde_json::json!({
-            "link": shared.selectors.get(*link as usize),
+            "link": shared.selector(*link),
             "reason": reason,
             "requeued_chunks": requeued,
         }),
@@ -1111,8 +1246,8 @@ fn publish(shared: &Shared, progress: &watch::Sender<SendProgress>, name: &str) 
         Phase::Stopped => "stopped".to_string(),
         Phase::Failed(w) => format!("failed: {w}"),
     };
-    let links = shared
-        .selectors
+    let selectors = shared.selectors();
+    let links = selectors
         .iter()
         .enumerate()
         .map(|(i, s)| {
@@ -1145,13 +1280,13 @@ fn build_report(
     elapsed: Duration,
     hash: Option<Hash>,
 ) -> SendReport {
+    let selectors = shared.selectors();
     let e = shared.engine();
     let secs = elapsed.as_secs_f64().max(1e-9);
-    let acked_total: u64 = (0..shared.selectors.len())
+    let acked_total: u64 = (0..selectors.len())
         .map(|i| e.link_stats(i as LinkId).bytes_acked)
         .sum();
-    let links: Vec<LinkReport> = shared
-        .selectors
+    let links: Vec<LinkReport> = selectors
         .iter()
         .enumerate()
         .map(|(i, s)| {
