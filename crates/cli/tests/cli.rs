@@ -845,21 +845,20 @@ fn send_of_a_missing_file_names_the_path_and_exits_1() {
     assert_error(&out, 1, &[&s(&missing)], "send of a missing file");
 }
 
-#[test]
-fn send_to_an_unknown_scheme_names_it_and_lists_the_known_ones() {
+/// `gateway send` of a small file with these extra arguments fails with
+/// exit 1 and a message holding every needle.
+fn expect_send_error(args: &[&str], needles: &[&str], what: &str) {
     let t = setup();
     make_file(&t.src, 4096);
-    let out = gateway(&[
-        "--state",
-        &s(&t.send_state),
-        "send",
-        &s(&t.src),
-        "--to",
-        "nonsense:here",
-    ]);
-    assert_error(
-        &out,
-        1,
+    let (state, src) = (s(&t.send_state), s(&t.src));
+    let out = gateway(&[&["--state", &state, "send", &src][..], args].concat());
+    assert_error(&out, 1, needles, what);
+}
+
+#[test]
+fn send_to_an_unknown_scheme_names_it_and_lists_the_known_ones() {
+    expect_send_error(
+        &["--to", "nonsense:here"],
         &["nonsense", "unknown link scheme", "tcp"],
         "send --to nonsense:here",
     );
@@ -867,20 +866,8 @@ fn send_to_an_unknown_scheme_names_it_and_lists_the_known_ones() {
 
 #[test]
 fn send_to_a_name_nobody_answers_to_says_what_was_tried_and_how_to_add_an_address() {
-    let t = setup();
-    make_file(&t.src, 4096);
-    let out = gateway(&[
-        "--state",
-        &s(&t.send_state),
-        "send",
-        &s(&t.src),
-        "--to",
-        "nobody-by-this-name",
-        "--no-mdns",
-    ]);
-    assert_error(
-        &out,
-        1,
+    expect_send_error(
+        &["--to", "nobody-by-this-name", "--no-mdns"],
         &[
             "no node named \"nobody-by-this-name\"",
             "gateway peers add nobody-by-this-name",
@@ -891,19 +878,8 @@ fn send_to_a_name_nobody_answers_to_says_what_was_tried_and_how_to_add_an_addres
 
 #[test]
 fn send_to_a_port_nobody_listens_on_suggests_gateway_serve() {
-    let t = setup();
-    make_file(&t.src, 4096);
-    let out = gateway(&[
-        "--state",
-        &s(&t.send_state),
-        "send",
-        &s(&t.src),
-        "--to",
-        "tcp:127.0.0.1:1",
-    ]);
-    assert_error(
-        &out,
-        1,
+    expect_send_error(
+        &["--to", "tcp:127.0.0.1:1"],
         &["tcp:127.0.0.1:1", "refused", "gateway serve"],
         "send to a closed port",
     );

@@ -56,14 +56,41 @@ fn port_of(h: &ServeHandle) -> u16 {
         .unwrap()
 }
 
+/// One served node named `tag-…` (advertised or not) and a client node.
+struct World {
+    /// Holds the state directories until the test ends.
+    root: tempfile::TempDir,
+    name: String,
+    server_id: String,
+    server: ServeHandle,
+    client: NodeState,
+}
+
+async fn world(tag: &str, advertise: bool) -> World {
+    let root = tempfile::tempdir().unwrap();
+    let name = unique(tag);
+    let st = node(&root.path().join("a"), &name);
+    let server_id = st.node_id.clone();
+    let server = serve(st, &root.path().join("in"), advertise).await;
+    let client = node(&root.path().join("b"), "client");
+    World {
+        root,
+        name,
+        server_id,
+        server,
+        client,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_named_peer_is_found_verified_and_recorded_with_its_identity() {
-    let root = tempfile::tempdir().unwrap();
-    let name = unique("found");
-    let server = node(&root.path().join("a"), &name);
-    let server_id = server.node_id.clone();
-    let h = serve(server, &root.path().join("in"), true).await;
-    let client = node(&root.path().join("b"), "client");
+    let World {
+        root: _root,
+        name,
+        server_id,
+        server: h,
+        client,
+    } = world("found", true).await;
     let route = discover::resolve(&client, &NodeConfig::default(), reg(), &name, true)
         .await
         .unwrap();
@@ -174,12 +201,13 @@ async fn two_nodes_with_one_name_are_told_apart_by_id_and_trust() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_static_address_reaches_a_peer_mdns_cannot_see() {
-    let root = tempfile::tempdir().unwrap();
-    let name = unique("static");
-    let server = node(&root.path().join("a"), &name);
-    let server_id = server.node_id.clone();
-    let h = serve(server, &root.path().join("in"), false).await;
-    let client = node(&root.path().join("b"), "client");
+    let World {
+        root: _root,
+        name,
+        server_id,
+        server: h,
+        client,
+    } = world("static", false).await;
     let sel = format!("tcp:127.0.0.1:{}", port_of(&h));
     client.store().add_static_addr(&name, &sel, 1).unwrap();
     // mDNS off: only the static address can find it.
@@ -200,12 +228,13 @@ async fn a_static_address_reaches_a_peer_mdns_cannot_see() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_leaves_is_no_longer_live() {
-    let root = tempfile::tempdir().unwrap();
-    let name = unique("leaver");
-    let server = node(&root.path().join("a"), &name);
-    let server_id = server.node_id.clone();
-    let h = serve(server, &root.path().join("in"), true).await;
-    let client = node(&root.path().join("b"), "client");
+    let World {
+        root: _root,
+        server_id,
+        server: h,
+        client,
+        ..
+    } = world("leaver", true).await;
     let opts = DiscoverOptions {
         window: Duration::from_secs(2),
         want: None,
