@@ -83,6 +83,12 @@ pub fn matches(want: &str, name: &str, id: &str) -> bool {
     name == want || (w.len() >= 8 && norm(id).starts_with(&w))
 }
 
+/// Whether two node ids are one (any case, dashes optional).
+fn same_id(a: &str, b: &str) -> bool {
+    let norm = |s: &str| s.replace('-', "").to_ascii_lowercase();
+    norm(a) == norm(b)
+}
+
 /// An address to try, and what it was said to be.
 struct Candidate {
     selector: String,
@@ -162,6 +168,9 @@ pub async fn discover(
         tokio::select! {
             _ = tokio::time::sleep_until(end) => break,
             ev = async { browser.as_mut()?.next().await }, if browser.is_some() => match ev {
+                Some(BrowseEvent::Found(s)) if same_id(&state.node_id, &s.advert.node_id) => {
+                    // This node's own record (it serves too).
+                }
                 Some(BrowseEvent::Found(s)) => {
                     let wanted = opts
                         .want
@@ -284,19 +293,22 @@ fn settle(
             return Ok(None);
         }
     };
-    if let Some((claimed, instance)) = &a.claimed {
-        let norm = |s: &str| s.replace('-', "").to_ascii_lowercase();
-        if norm(claimed) != norm(id.as_str()) {
-            let why = format!(
-                "its mDNS record {instance:?} claims node id {claimed}, but the node at {} holds the key of {id}",
-                a.selector
-            );
-            tracing::warn!("{why}");
-            trust::flag_peer(state, &id, &why)?;
-            trust::record_hello(state, cfg.trust, &id, &hello, &a.selector)?;
-            out.flagged.push(why);
-            return Ok(None);
-        }
+    if id.as_str() == state.node_id {
+        // An address of this very node (a static address, a loop).
+        return Ok(None);
+    }
+    if let Some((claimed, instance)) = &a.claimed
+        && !same_id(claimed, id.as_str())
+    {
+        let why = format!(
+            "its mDNS record {instance:?} claims node id {claimed}, but the node at {} holds the key of {id}",
+            a.selector
+        );
+        tracing::warn!("{why}");
+        trust::flag_peer(state, &id, &why)?;
+        trust::record_hello(state, cfg.trust, &id, &hello, &a.selector)?;
+        out.flagged.push(why);
+        return Ok(None);
     }
     trust::record_hello(state, cfg.trust, &id, &hello, &a.selector)?;
     Ok(Some(Verified {

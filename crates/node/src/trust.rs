@@ -153,6 +153,10 @@ pub fn set_trust(
         rec.name = n.to_string();
     }
     rec.trust = trust.to_string();
+    if trust == PAIRED {
+        // The user looked at this peer and decided: an old flag is answered.
+        rec.flag = None;
+    }
     store.upsert_peer(&rec)?;
     Ok(())
 }

@@ -263,3 +263,25 @@ async fn a_peer_that_leaves_is_no_longer_live() {
         "its record outlived the goodbye"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_serves_and_browses_does_not_list_itself() {
+    let w = world("self", true).await;
+    // The serving node's own state, opened a second time (as `gateway peers` would).
+    let me = node(&w.root.path().join("a"), &w.name);
+    let opts = DiscoverOptions {
+        window: Duration::from_secs(2),
+        want: None,
+        settle: Duration::ZERO,
+        mdns: true,
+    };
+    let d = discover::discover(&me, &NodeConfig::default(), reg(), &opts)
+        .await
+        .unwrap();
+    assert!(
+        !d.verified.iter().any(|v| v.id.as_str() == w.server_id),
+        "{d:?}"
+    );
+    assert!(me.store().peer(&w.server_id).unwrap().is_none());
+    w.server.shutdown().await.unwrap();
+}
