@@ -109,7 +109,7 @@ enum Cmd {
         #[arg(long)]
         no_mdns: bool,
     },
-    /// Send PATH over every --to link at once (several --to = several links to one peer).
+    /// Send PATH to a peer (by name or id: every path to it) or over every --to link at once.
     Send {
         /// The file to send.
         path: PathBuf,
