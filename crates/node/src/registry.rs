@@ -7,10 +7,6 @@ use gateway_link::Registry;
 /// Transports planned but not in this build, for `gateway links`.
 pub const NOT_BUILT: &[(&str, &str)] = &[
     (
-        "serial",
-        "serial lines, CDC-ACM gadgets, PTYs — driver not in this build yet",
-    ),
-    (
         "usb",
         "USB bulk endpoints (host side) — driver not in this build yet",
     ),
@@ -33,5 +29,6 @@ pub const NOT_BUILT: &[(&str, &str)] = &[
 pub fn default_registry() -> Registry {
     let mut reg = Registry::new();
     reg.register(Arc::new(gateway_tcp::TcpDriver));
+    reg.register(Arc::new(gateway_serial::SerialDriver::new()));
     reg
 }

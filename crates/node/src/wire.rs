@@ -135,7 +135,9 @@ pub fn dialable_links(listening: &[String]) -> Vec<String> {
             });
         match expanded {
             Some(list) => out.extend(list),
-            None if sel.starts_with("mock:") => {}
+            // In-process links and point-to-point lines (a serial device
+            // path is this node's end, useless to a peer) are not announced.
+            None if sel.starts_with("mock:") || sel.starts_with("serial:") => {}
             None => out.push(sel.clone()),
         }
     }
