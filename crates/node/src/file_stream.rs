@@ -278,8 +278,10 @@ impl FileStream {
         };
         let Some(job) = job else { return Ok(()) };
         let ck = self.make_durable(job).await?;
-        self.send_to_newest(gateway_proto::Body::Checkpoint(ck))
-            .await;
+        // Never wait on a link while holding the gate: a link whose peer
+        // vanished would hold up every checkpoint and the Complete behind it.
+        drop(_gate);
+        self.send_to_newest(gateway_proto::Body::Checkpoint(ck));
         Ok(())
     }
 
@@ -310,7 +312,10 @@ impl FileStream {
         }
     }
 
-    async fn send_to_newest(&self, body: gateway_proto::Body) {
+    /// Hands `body` to the newest link whose outbox has room. A checkpoint's
+    /// durable set is cumulative, so when every outbox is full (links
+    /// stalled) dropping this one loses nothing: the next one says it all.
+    fn send_to_newest(&self, body: gateway_proto::Body) {
         let frame = crate::wire::encode(body);
         let boxes: Vec<_> = self
             .outboxes
@@ -321,10 +326,11 @@ impl FileStream {
             .filter_map(mpsc::WeakSender::upgrade)
             .collect();
         for b in boxes {
-            if b.send(frame.clone()).await.is_ok() {
+            if b.try_send(frame.clone()).is_ok() {
                 return;
             }
         }
+        tracing::debug!("no link with room for a checkpoint; the next one carries it");
     }
 
     /// COMPLETE: make everything durable, hash the file on disk, compare with
