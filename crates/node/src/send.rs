@@ -1211,11 +1211,17 @@ fn save_signal(
     Ok(())
 }
 
+/// How long the control task waits for a link's writer to let go of it.
+/// A writer stuck on a path that died silently holds its link until TCP
+/// gives up (a minute); the control task must not wait with it.
+const LINK_LOCK_WAIT: Duration = Duration::from_millis(500);
+
 async fn send_on_any(slots: &[LinkSlot], body: Body) -> bool {
     let frame = wire::encode(body);
     for s in slots {
-        if let Some(tx) = &s.tx
-            && tx.lock().await.send(&frame).await.is_ok()
+        let Some(tx) = &s.tx else { continue };
+        if let Ok(mut g) = tokio::time::timeout(LINK_LOCK_WAIT, tx.lock()).await
+            && g.send(&frame).await.is_ok()
         {
             return true;
         }
@@ -1226,8 +1232,9 @@ async fn send_on_any(slots: &[LinkSlot], body: Body) -> bool {
 async fn send_on_all(slots: &[LinkSlot], body: Body) {
     let frame = wire::encode(body);
     for s in slots {
-        if let Some(tx) = &s.tx {
-            let mut g = tx.lock().await;
+        if let Some(tx) = &s.tx
+            && let Ok(mut g) = tokio::time::timeout(LINK_LOCK_WAIT, tx.lock()).await
+        {
             let _ = tokio::time::timeout(Duration::from_millis(500), g.send(&frame)).await;
             let _ = tokio::time::timeout(Duration::from_millis(500), g.close()).await;
         }
