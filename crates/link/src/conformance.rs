@@ -26,6 +26,23 @@ const PROMPT: Duration = Duration::from_secs(5);
 /// A peer that vanished must be noticed within this time.
 const HALF_DEAD: Duration = Duration::from_secs(20);
 
+/// Every selector in `cases` fails to open, with an error that mentions its
+/// word: drivers check that bad input gets a message a person can act on.
+pub async fn expect_open_errors(reg: &Registry, cases: &[(&str, &str)]) {
+    for (sel, want) in cases {
+        let e = reg
+            .open(sel)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{sel} should not open"));
+        let msg = e.to_string();
+        assert!(
+            msg.contains(want),
+            "{sel}: expected the error to mention '{want}', got: {msg}"
+        );
+    }
+}
+
 /// Runs every check in turn; the error lists each failed check with its reason.
 pub async fn run_all(reg: &Registry, listen_sel: &str) -> Result<(), String> {
     let mut failed = Vec::new();
