@@ -78,15 +78,8 @@ pub struct Discovery {
 
 /// Whether a peer called `name` with id `id` is the one `want` names.
 pub fn matches(want: &str, name: &str, id: &str) -> bool {
-    let norm = |s: &str| s.replace('-', "").to_ascii_lowercase();
-    let w = norm(want);
-    name == want || (w.len() >= 8 && norm(id).starts_with(&w))
-}
-
-/// Whether two node ids are one (any case, dashes optional).
-fn same_id(a: &str, b: &str) -> bool {
-    let norm = |s: &str| s.replace('-', "").to_ascii_lowercase();
-    norm(a) == norm(b)
+    let w = trust::typed_id(want);
+    name == want || (w.len() >= 8 && trust::typed_id(id).starts_with(&w))
 }
 
 /// An address to try, and what it was said to be.
@@ -168,7 +161,7 @@ pub async fn discover(
         tokio::select! {
             _ = tokio::time::sleep_until(end) => break,
             ev = async { browser.as_mut()?.next().await }, if browser.is_some() => match ev {
-                Some(BrowseEvent::Found(s)) if same_id(&state.node_id, &s.advert.node_id) => {
+                Some(BrowseEvent::Found(s)) if trust::same_id(&s.advert.node_id, &state.node_id) => {
                     // This node's own record (it serves too).
                 }
                 Some(BrowseEvent::Found(s)) => {
@@ -298,7 +291,7 @@ fn settle(
         return Ok(None);
     }
     if let Some((claimed, instance)) = &a.claimed
-        && !same_id(claimed, id.as_str())
+        && !trust::same_id(claimed, id.as_str())
     {
         let why = format!(
             "its mDNS record {instance:?} claims node id {claimed}, but the node at {} holds the key of {id}",

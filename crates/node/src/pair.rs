@@ -29,7 +29,7 @@ async fn hello_on(
 ) -> Result<String, NodeError> {
     let ours = wire::hello(state, Vec::new());
     let (theirs, id) = link_hello(link, ours, cfg).await?;
-    if theirs.node_id.replace('-', "") != id.as_str().replace('-', "") {
+    if !trust::same_id(&theirs.node_id, id.as_str()) {
         return Err(NodeError::NotTrusted(format!(
             "the peer's Hello claims {} but its key is {id}",
             theirs.node_id

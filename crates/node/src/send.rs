@@ -226,6 +226,7 @@ struct Joined {
 /// The two halves of an opened link.
 type Halves = (Box<dyn FrameTx>, Box<dyn FrameRx>);
 
+#[derive(Default)]
 struct LinkSlot {
     generation: u64,
     tx: Option<Arc<tokio::sync::Mutex<Box<dyn FrameTx>>>>,
@@ -479,13 +480,7 @@ pub async fn send(
     let mut slots: Vec<LinkSlot> = Vec::new();
     let now = Instant::now();
     for (i, j) in joined.into_iter().enumerate() {
-        let mut slot = LinkSlot {
-            generation: 0,
-            tx: None,
-            tasks: Vec::new(),
-            retrying: false,
-            retired: false,
-        };
+        let mut slot = LinkSlot::default();
         let link = i as LinkId;
         {
             let mut e = shared.engine();
@@ -596,13 +591,7 @@ pub async fn send(
                             sels.push(selector.clone());
                             (sels.len() - 1) as LinkId
                         };
-                        slots.push(LinkSlot {
-                            generation: 0,
-                            tx: None,
-                            tasks: Vec::new(),
-                            retrying: false,
-                            retired: false,
-                        });
+                        slots.push(LinkSlot::default());
                         {
                             let mut e = shared.engine();
                             if let Err(err) = e.handle_rejoin(&conn.accept) {
@@ -937,7 +926,7 @@ pub(crate) async fn open_and_hello(
     let theirs = wire::exchange_hello(&mut *tx, &mut *rx, ours, &cfg.limits, cfg.hello_timeout)
         .await
         .map_err(|e| link_err(sel, e))?;
-    if theirs.node_id.replace('-', "") != remote.as_str().replace('-', "") {
+    if !trust::same_id(&theirs.node_id, remote.as_str()) {
         return Err(NodeError::NotTrusted(format!(
             "{sel}: the receiver's Hello claims node id {} but its key is {remote}; not sending to a peer that lies about its identity",
             theirs.node_id

@@ -396,7 +396,7 @@ async fn serve_link(server: Arc<Server>, link: Box<dyn Link>, mut stop: watch::R
     let peer = tokio::select! {
         _ = stop.changed() => None,
         r = first_hello(&mut *rx, &cfg.limits, cfg.hello_timeout) => match r {
-            Ok(h) if h.node_id.replace('-', "") != remote.as_str().replace('-', "") => {
+            Ok(h) if !trust::same_id(&h.node_id, remote.as_str()) => {
                 refuse_with(
                     &server,
                     &otx,

@@ -177,14 +177,25 @@ fn unseen(id: &NodeId, now: i64) -> PeerRecord {
     }
 }
 
+/// A node id (or prefix) as a person may type it, for comparing: any case,
+/// dashes optional.
+pub(crate) fn typed_id(s: &str) -> String {
+    s.replace('-', "").to_ascii_lowercase()
+}
+
+/// Whether a node id on the wire (a Hello, a TXT record) is `key`'s id,
+/// dashes aside.
+pub(crate) fn same_id(claimed: &str, key: &str) -> bool {
+    claimed.replace('-', "") == key.replace('-', "")
+}
+
 /// Finds a known peer by full id, unique id prefix (dashes optional) or name.
 pub fn find_peer(state: &NodeState, query: &str) -> Result<PeerRecord, NodeError> {
     let peers = state.store().peers()?;
-    let norm = |s: &str| s.replace('-', "").to_ascii_lowercase();
-    let q = norm(query);
+    let q = typed_id(query);
     let hits: Vec<&PeerRecord> = peers
         .iter()
-        .filter(|p| (!q.is_empty() && norm(&p.node_id).starts_with(&q)) || p.name == query)
+        .filter(|p| (!q.is_empty() && typed_id(&p.node_id).starts_with(&q)) || p.name == query)
         .collect();
     match hits.as_slice() {
         [one] => Ok((*one).clone()),

@@ -56,6 +56,19 @@ fn port_of(h: &ServeHandle) -> u16 {
         .unwrap()
 }
 
+/// Browses everyone for 2 s from `st`, as `gateway peers --browse 2` does.
+async fn browse_all(st: &NodeState) -> discover::Discovery {
+    let opts = DiscoverOptions {
+        window: Duration::from_secs(2),
+        want: None,
+        settle: Duration::ZERO,
+        mdns: true,
+    };
+    discover::discover(st, &NodeConfig::default(), reg(), &opts)
+        .await
+        .unwrap()
+}
+
 /// One served node named `tag-…` (advertised or not) and a client node.
 struct World {
     /// Holds the state directories until the test ends.
@@ -235,23 +248,13 @@ async fn a_peer_that_leaves_is_no_longer_live() {
         client,
         ..
     } = world("leaver", true).await;
-    let opts = DiscoverOptions {
-        window: Duration::from_secs(2),
-        want: None,
-        settle: Duration::ZERO,
-        mdns: true,
-    };
-    let d = discover::discover(&client, &NodeConfig::default(), reg(), &opts)
-        .await
-        .unwrap();
+    let d = browse_all(&client).await;
     assert!(
         d.verified.iter().any(|v| v.id.as_str() == server_id),
         "{d:?}"
     );
     h.shutdown().await.unwrap();
-    let d = discover::discover(&client, &NodeConfig::default(), reg(), &opts)
-        .await
-        .unwrap();
+    let d = browse_all(&client).await;
     assert!(
         !d.verified.iter().any(|v| v.id.as_str() == server_id),
         "a stopped node still answered: {d:?}"
@@ -269,15 +272,7 @@ async fn a_node_that_serves_and_browses_does_not_list_itself() {
     let w = world("self", true).await;
     // The serving node's own state, opened a second time (as `gateway peers` would).
     let me = node(&w.root.path().join("a"), &w.name);
-    let opts = DiscoverOptions {
-        window: Duration::from_secs(2),
-        want: None,
-        settle: Duration::ZERO,
-        mdns: true,
-    };
-    let d = discover::discover(&me, &NodeConfig::default(), reg(), &opts)
-        .await
-        .unwrap();
+    let d = browse_all(&me).await;
     assert!(
         !d.verified.iter().any(|v| v.id.as_str() == w.server_id),
         "{d:?}"
