@@ -121,7 +121,7 @@ pub async fn discover(
         None
     };
     let mut queue: Vec<Candidate> = initial_candidates(state, opts.want.as_deref())?;
-    let ours = wire::hello(state, Vec::new());
+    let ours = wire::hello(state, &[]);
     let sem = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
     let mut tried: HashSet<String> = HashSet::new();
     let mut tasks: JoinSet<Attempt> = JoinSet::new();

@@ -27,7 +27,7 @@ async fn hello_on(
     cfg: &NodeConfig,
     link: &mut SecureLink,
 ) -> Result<String, NodeError> {
-    let ours = wire::hello(state, Vec::new());
+    let ours = wire::hello(state, &[]);
     let (theirs, id) = link_hello(link, ours, cfg).await?;
     if !trust::same_id(&theirs.node_id, id.as_str()) {
         return Err(NodeError::NotTrusted(format!(

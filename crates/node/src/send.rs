@@ -268,7 +268,7 @@ pub async fn send(
     let size = md.len();
     let mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
     // Open every link at once; keep the ones that answer.
-    let ours = wire::hello(&state, Vec::new());
+    let ours = wire::hello(&state, &[]);
     let mut opening = Vec::new();
     let explicit = opts.to.len();
     for sel in opts.to.iter().chain(&opts.extra) {

@@ -391,7 +391,7 @@ async fn serve_link(server: Arc<Server>, link: Box<dyn Link>, mut stop: watch::R
         }
         let _ = tx.close().await;
     });
-    let hello = wire::hello(&server.state, wire::dialable_links(&server.listening));
+    let hello = wire::hello(&server.state, &server.listening);
     let _ = otx.send(wire::encode(Body::Hello(hello))).await;
     let peer = tokio::select! {
         _ = stop.changed() => None,

@@ -79,9 +79,13 @@ pub fn error_body(
     })
 }
 
-/// This node's Hello on the identity stream.
-pub fn hello(state: &NodeState, links: Vec<String>) -> Hello {
+/// This node's Hello on the identity stream. `listening` are its
+/// listeners' selectors, announced as links (a wildcard expanded per
+/// interface); a node that only sends passes none.
+pub fn hello(state: &NodeState, listening: &[String]) -> Hello {
+    // Read once per Hello: the MACs, IPs and links all come from it.
     let ifs = gateway_discovery::local::interfaces();
+    let links = dialable_links(listening, &ifs);
     let mut macs: Vec<String> = ifs
         .iter()
         .filter(|i| !i.loopback)
@@ -118,8 +122,10 @@ fn bounded(mut v: Vec<String>) -> Vec<String> {
 /// address (0.0.0.0 / [::]) becomes one selector per interface that is up
 /// (its IPv4 address, else a global IPv6 one), so a Hello names every path
 /// to this node as it is now; other selectors are kept as they are.
-pub fn dialable_links(listening: &[String]) -> Vec<String> {
-    let ifs = gateway_discovery::local::interfaces();
+fn dialable_links(
+    listening: &[String],
+    ifs: &[gateway_discovery::local::Interface],
+) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for sel in listening {
         let expanded = sel

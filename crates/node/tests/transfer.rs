@@ -282,7 +282,7 @@ async fn raw_peer_claiming(
         .await
         .unwrap();
     let (mut tx, mut rx) = Box::new(secure).split();
-    let mut hello = wire::hello(&st, vec![]);
+    let mut hello = wire::hello(&st, &[]);
     if let Some(c) = claim {
         hello.node_id = c.to_string();
     }
@@ -583,7 +583,7 @@ async fn a_hello_that_lies_about_the_node_id_drops_the_link() {
         .await
         .unwrap();
     let (mut tx, mut rx) = Box::new(secure).split();
-    let mut hello = wire::hello(&st, vec![]);
+    let mut hello = wire::hello(&st, &[]);
     hello.node_id = s.node_id.clone();
     wire::send(&mut *tx, Body::Hello(hello)).await.unwrap();
     // Their Hello, then our Error and the drop.
