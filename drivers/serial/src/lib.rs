@@ -8,10 +8,11 @@
 //! noise by itself (see `codec.rs` for the bytes, `link.rs` for sessions,
 //! keepalives and close).
 //!
-//! It does not retransmit: a frame hit by noise is dropped and counted
-//! ([`counters`]), and whatever runs above must cope (the engine re-requests
-//! chunks that are not acked; an encrypted link above, whose nonces count
-//! frames, has to be reopened). It does not find peers and does not encrypt.
+//! Frames are cut into numbered segments of 32 KiB; a segment hit by noise
+//! is dropped (counted in [`counters`]) and sent again (go-back-N with a NAK
+//! on the first hole and a retransmission timer, `arq.rs`), so the layers
+//! above see every frame in order, or an error, as over TCP. It does not
+//! find peers and does not encrypt.
 //! It needs no system library (tokio-serial without libudev).
 #![warn(missing_docs)]
 
@@ -25,6 +26,7 @@ use async_trait::async_trait;
 use gateway_link::{Adapter, Link, LinkDriver, Listener, OpenError, Selector, SelectorError};
 use tokio_serial::{DataBits, FlowControl, Parity, SerialStream, StopBits};
 
+mod arq;
 mod codec;
 mod link;
 
@@ -325,10 +327,13 @@ pub struct Counters {
     pub dropped_oversized: u64,
     /// Bytes thrown away in dropped packets and while resynchronising.
     pub discarded_bytes: u64,
+    /// Segments sent again (a hole reported by the other end, or no ack in time).
+    pub resent_segments: u64,
 }
 
 static PACKETS: AtomicU64 = AtomicU64::new(0);
 static CORRUPT: AtomicU64 = AtomicU64::new(0);
+static RESENT: AtomicU64 = AtomicU64::new(0);
 static OVERSIZED: AtomicU64 = AtomicU64::new(0);
 static DISCARDED: AtomicU64 = AtomicU64::new(0);
 
@@ -339,6 +344,13 @@ pub fn counters() -> Counters {
         dropped_corrupt: CORRUPT.load(Ordering::Relaxed),
         dropped_oversized: OVERSIZED.load(Ordering::Relaxed),
         discarded_bytes: DISCARDED.load(Ordering::Relaxed),
+        resent_segments: RESENT.load(Ordering::Relaxed),
+    }
+}
+
+pub(crate) fn count_resent(n: u64) {
+    if n > 0 {
+        RESENT.fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -5,16 +5,18 @@
 //! end sends HELLO(its nonce) every 250 ms until the listening end answers
 //! ACK(that nonce, its own). Everything either end read before is ignored,
 //! so bytes left on the line by an earlier session (or by someone else) never
-//! reach the new one. DATA packets then carry frames; FIN closes one direction
-//! (sent twice, so one hit by noise does not leave the peer waiting); RST tells
-//! an opener still sending that the listener has no session for it.
+//! reach the new one. Numbered segments then carry frames, and acks come
+//! back (`arq.rs`: what a hole costs and how it is filled); FIN, a numbered
+//! segment too, closes one direction after everything before it arrived;
+//! RST tells an opener still sending that the listener has no session for it.
 //!
 //! A line also has no end-of-stream, so each end sends a lone 0x00 when it has
 //! sent nothing for a second, and a receiver that hears nothing at all for
 //! [`SILENCE_TIMEOUT`] declares the other end gone. That also fails sends.
 
+use std::collections::VecDeque;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -27,29 +29,31 @@ use tokio::sync::{Mutex, Notify, OwnedMutexGuard, OwnedSemaphorePermit, Semaphor
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_serial::SerialStream;
 
+use crate::arq::{self, Arq, Incoming};
 use crate::codec::{self, DecodeStats, Decoder};
 use crate::{MAX_FRAME, SerialConfig};
 
-/// A frame of the layer above.
-const KIND_DATA: u8 = b'D';
-/// The sender closed its direction.
-const KIND_FIN: u8 = b'F';
+/// A numbered segment of a frame of the layer above (see `arq.rs`).
+const KIND_SEG: u8 = b'S';
+/// Acknowledges segments (and asks for one again), see `arq.rs`.
+const KIND_RACK: u8 = b'K';
 /// Opener → listener: version, nonce (u64 LE).
 const KIND_HELLO: u8 = b'H';
 /// Listener → opener: version, the opener's nonce, the listener's nonce.
 const KIND_ACK: u8 = b'A';
 /// Listener → opener: no session here (the listener lost it or restarted).
 const KIND_RST: u8 = b'R';
-/// Version of this packet protocol, in HELLO and ACK.
-const VERSION: u8 = 1;
+/// Version of this packet protocol, in HELLO and ACK (2: numbered segments
+/// and retransmission).
+const VERSION: u8 = 2;
 
 /// A session whose other end sent nothing (not even a keepalive) for this
 /// long is declared gone.
 pub const SILENCE_TIMEOUT: Duration = Duration::from_secs(8);
 /// An idle sender sends a keepalive byte this often.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
-/// A `recv` entered after a long pause waits at least this long before it
-/// blames the other end for the silence.
+/// A `recv` (or a `send` waiting for acks) entered after a long pause waits
+/// at least this long before it blames the other end for the silence.
 const SILENCE_GRACE: Duration = Duration::from_secs(3);
 /// The opener repeats its HELLO this often until it is answered.
 const HELLO_RESEND: Duration = Duration::from_millis(250);
@@ -60,15 +64,21 @@ const WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Reads ask for this much. A tty hands over at most what its line
 /// discipline buffered (4 KiB), so more is only headroom.
 const READ_CHUNK: usize = 256 * 1024;
-/// The listener answers stray DATA with RST at most this often.
+/// The listener answers stray segments with RST at most this often.
 const RST_INTERVAL: Duration = Duration::from_millis(500);
+/// Whole frames received and not yet taken by `recv`, at most (beyond it,
+/// segments are refused and asked for again later).
+const READY_LIMIT: usize = 2 * MAX_FRAME;
+/// A `send` waiting for acks while nobody calls `recv` reads the line
+/// itself, in slices this long.
+const PUMP_SLICE: Duration = Duration::from_millis(100);
 
 pub(crate) fn caps() -> LinkCaps {
     LinkCaps {
         kind: LinkKind::Serial,
         max_frame: MAX_FRAME,
-        // Frames are never altered (CRC32C) nor reordered. A frame hit by
-        // line noise is dropped, though; see the crate docs.
+        // Frames are never altered (CRC32C) nor reordered, and a segment hit
+        // by line noise is sent again (arq.rs).
         reliable: true,
         ordered: true,
     }
@@ -88,7 +98,7 @@ impl Port {
         Port {
             reader: Arc::new(Mutex::new(Reader {
                 r,
-                dec: Decoder::new(MAX_FRAME, escaped),
+                dec: Decoder::new(arq::HEADER + arq::SEG_BYTES, escaped),
                 last_rx: Instant::now(),
                 reported: DecodeStats::default(),
                 path: cfg.path.clone(),
@@ -280,9 +290,34 @@ struct Session {
     /// repeats its HELLO (the first ACK was lost). Listener side only.
     ack: Option<(u64, u64)>,
     ack_pending: AtomicBool,
+    /// Wakes the control task: an ack, a NAK or a retransmission is due.
     wake: Arc<Notify>,
+    /// Retransmission state of both directions.
+    arq: std::sync::Mutex<Arq>,
+    /// Acks moved the send window.
+    room: Notify,
+    /// The receiving side; whoever holds it reads the line.
+    rx: Mutex<RxSide>,
+    /// Halves not yet dropped; the last one to go ends the session.
+    halves: AtomicUsize,
     /// The listener's one session slot, free again when this drops.
     _slot: Option<OwnedSemaphorePermit>,
+}
+
+/// What the line delivered and nobody took yet.
+struct RxSide {
+    reader: OwnedMutexGuard<Reader>,
+    /// The opener's nonce of this session.
+    peer: u64,
+    ready: VecDeque<Bytes>,
+    ready_bytes: usize,
+    state: RxState,
+}
+
+enum RxState {
+    Open,
+    Closed,
+    Failed(io::ErrorKind, String),
 }
 
 impl Session {
@@ -300,9 +335,147 @@ impl Session {
     fn is_dead(&self) -> bool {
         self.dead.borrow().is_some()
     }
+
+    fn arq(&self) -> std::sync::MutexGuard<'_, Arq> {
+        self.arq.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Fails the receiving side and the session.
+    fn fail(&self, rx: &mut RxSide, kind: io::ErrorKind, msg: String) {
+        tracing::debug!(path = %self.info.local, "serial session down: {msg}");
+        self.kill(&msg);
+        if !matches!(rx.state, RxState::Failed(..)) {
+            rx.state = RxState::Failed(kind, msg);
+        }
+    }
+
+    /// Handles every whole packet the reader holds.
+    fn process(&self, rx: &mut RxSide) {
+        let path = &self.info.local;
+        while let Some(p) = rx.reader.dec.next_packet() {
+            match p.kind {
+                KIND_SEG => {
+                    let Some((seq, flags, payload)) = arq::parse_segment(p.body) else {
+                        continue;
+                    };
+                    let mut arq = self.arq();
+                    if rx.ready_bytes + payload.len() > READY_LIMIT {
+                        arq.refuse(seq);
+                        continue;
+                    }
+                    match arq.on_segment(seq, flags, &payload) {
+                        Ok(Incoming::Nothing) => {}
+                        Ok(Incoming::Frame(f)) => {
+                            rx.ready_bytes += f.len();
+                            rx.ready.push_back(f);
+                        }
+                        Ok(Incoming::Fin) => {
+                            if matches!(rx.state, RxState::Open) {
+                                rx.state = RxState::Closed;
+                            }
+                        }
+                        Err(why) => {
+                            drop(arq);
+                            self.fail(rx, io::ErrorKind::InvalidData, format!("{path}: {why}"));
+                            return;
+                        }
+                    }
+                    if arq.has_output() {
+                        self.wake.notify_one();
+                    }
+                }
+                KIND_RACK => {
+                    if let Some((next, nak)) = arq::parse_ack(&p.body) {
+                        let mut arq = self.arq();
+                        if arq.on_ack(next, nak, Instant::now().into_std()) {
+                            self.room.notify_one();
+                        }
+                        if arq.has_output() {
+                            self.wake.notify_one();
+                        }
+                    }
+                }
+                KIND_HELLO => match parse_hello(&p.body) {
+                    // The opener missed our ACK and asks again.
+                    Some(n) if n == rx.peer && self.ack.is_some() => {
+                        self.ack_pending.store(true, Ordering::Relaxed);
+                        self.wake.notify_one();
+                    }
+                    Some(n) if n == rx.peer => {}
+                    Some(_) => {
+                        let msg = format!(
+                            "the other end of {path} opened the line anew; this link is gone"
+                        );
+                        self.fail(rx, io::ErrorKind::ConnectionReset, msg);
+                        return;
+                    }
+                    None => {}
+                },
+                KIND_RST => {
+                    let msg = format!(
+                        "the other end of {path} has no session for this link (it closed or restarted)"
+                    );
+                    self.fail(rx, io::ErrorKind::ConnectionReset, msg);
+                    return;
+                }
+                KIND_ACK => {} // a repeated answer to our HELLO
+                other => {
+                    tracing::debug!(kind = other, "serial: ignoring a packet of unknown kind")
+                }
+            }
+        }
+    }
+
+    /// Reads the line once (at least one byte) until `until`; the other end
+    /// is declared gone when nothing arrived for [`SILENCE_TIMEOUT`] (but not
+    /// before `grace`). Returns whether it read anything.
+    async fn pump(&self, rx: &mut RxSide, until: Instant, grace: Instant) -> bool {
+        let silent_at = (rx.reader.last_rx + SILENCE_TIMEOUT).max(grace);
+        let path = &self.info.local;
+        match timeout_at(until.min(silent_at), rx.reader.fill()).await {
+            Err(_) if until < silent_at => false,
+            Err(_) => {
+                let msg = format!(
+                    "nothing heard from the other end of {path} for {SILENCE_TIMEOUT:?} (it sends a keepalive every second): the cable is unplugged or the other side stopped"
+                );
+                self.fail(rx, io::ErrorKind::TimedOut, msg);
+                false
+            }
+            Ok(Ok(0)) => {
+                let msg = format!("{path} hung up: the device went away (unplugged?)");
+                self.fail(rx, io::ErrorKind::UnexpectedEof, msg);
+                false
+            }
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => {
+                self.fail(rx, e.kind(), format!("reading {path}: {e}"));
+                false
+            }
+        }
+    }
+
+    /// Writes the ack and the retransmissions that are due. The caller holds
+    /// the writer, so they go out before any new segment.
+    async fn flush(&self, w: &mut Writer, dead: &mut Dead) -> Result<(), LinkError> {
+        let (ack, again) = {
+            let mut arq = self.arq();
+            let before = arq.resent_segments;
+            let again = arq.take_resend(Instant::now().into_std());
+            crate::count_resent(arq.resent_segments - before);
+            (arq.take_ack(), again)
+        };
+        if let Some((next, nak)) = ack {
+            w.send(KIND_RACK, &arq::ack_body(next, nak), Some(&mut *dead))
+                .await?;
+        }
+        for body in again {
+            w.send(KIND_SEG, &body, Some(&mut *dead)).await?;
+        }
+        Ok(())
+    }
 }
 
-/// Starts a session: spawns its keepalive task and returns the link.
+/// Starts a session: spawns its control task and returns the link.
 fn start(
     port: &Port,
     reader: OwnedMutexGuard<Reader>,
@@ -323,46 +496,69 @@ fn start(
         ack,
         ack_pending: AtomicBool::new(false),
         wake: wake.clone(),
+        arq: std::sync::Mutex::new(Arq::new(MAX_FRAME)),
+        room: Notify::new(),
+        rx: Mutex::new(RxSide {
+            reader,
+            peer,
+            ready: VecDeque::new(),
+            ready_bytes: 0,
+            state: RxState::Open,
+        }),
+        halves: AtomicUsize::new(2),
         _slot: slot,
     });
-    tokio::spawn(keepalive(Arc::downgrade(&session), wake));
+    tokio::spawn(control(Arc::downgrade(&session), wake));
     tracing::debug!(path = %port.cfg.path, peer = format_args!("{peer:016x}"), "serial session up");
-    Box::new(SerialLink {
-        session,
-        reader,
-        peer,
-    })
+    Box::new(SerialLink { session })
 }
 
-/// Sends a keepalive byte when the line has been idle for a second, and a
-/// repeated ACK when asked. Holds the session only weakly (and never across
-/// an await), so dropping both halves closes the device at once.
-async fn keepalive(session: Weak<Session>, wake: Arc<Notify>) {
+/// Writes acks, NAKs and retransmissions when they are due, a repeated ACK
+/// when asked, and a keepalive byte when the line has been idle for a
+/// second. Holds the session only weakly while it sleeps, so dropping both
+/// halves closes the device at once.
+async fn control(session: Weak<Session>, wake: Arc<Notify>) {
     loop {
+        let tick = Instant::now() + KEEPALIVE_INTERVAL / 2;
+        let until = match session.upgrade() {
+            None => return,
+            Some(s) => s
+                .arq()
+                .timer()
+                .map_or(tick, |t| Instant::from_std(t).min(tick)),
+        };
         tokio::select! {
-            _ = tokio::time::sleep(KEEPALIVE_INTERVAL / 2) => {}
+            _ = tokio::time::sleep_until(until) => {}
             _ = wake.notified() => {}
         }
         let Some(s) = session.upgrade() else { return };
         if s.is_dead() {
             return;
         }
-        // A frame being written keeps the line busy: nothing to add.
-        let Ok(mut w) = s.writer.try_lock() else {
-            continue;
+        let work = {
+            let mut arq = s.arq();
+            arq.poll_timer(Instant::now().into_std());
+            arq.has_output()
         };
-        if s.ack_pending.swap(false, Ordering::Relaxed)
-            && let Some((theirs, mine)) = s.ack
+        let repeat_ack = s.ack_pending.swap(false, Ordering::Relaxed);
+        if work || repeat_ack {
+            let mut dead = s.dead.subscribe();
+            let mut w = s.writer.lock().await;
+            let mut r = Ok(());
+            if repeat_ack && let Some((theirs, mine)) = s.ack {
+                r = w.send(KIND_ACK, &ack(theirs, mine), Some(&mut dead)).await;
+            }
+            if r.is_ok() {
+                r = s.flush(&mut w, &mut dead).await;
+            }
+            if let Err(e) = r {
+                s.kill(&format!("writing to {}: {e}", s.info.local));
+                return;
+            }
+        } else if let Ok(mut w) = s.writer.try_lock()
+            && w.last_write.elapsed() >= KEEPALIVE_INTERVAL
         {
-            let n = codec::encode(
-                KIND_ACK,
-                &ack(theirs, mine),
-                w.escaped,
-                &mut w.out,
-                &mut Vec::new(),
-            );
-            w.write_now(n);
-        } else if w.last_write.elapsed() >= KEEPALIVE_INTERVAL {
+            // A segment being written keeps the line busy: nothing to add.
             w.keepalive();
         }
     }
@@ -370,8 +566,6 @@ async fn keepalive(session: Weak<Session>, wake: Arc<Notify>) {
 
 struct SerialLink {
     session: Arc<Session>,
-    reader: OwnedMutexGuard<Reader>,
-    peer: u64,
 }
 
 impl Link for SerialLink {
@@ -390,14 +584,20 @@ impl Link for SerialLink {
                 session: self.session.clone(),
                 dead,
                 closed: false,
+                mid_frame: false,
             }),
             Box::new(SerialRx {
                 session: self.session,
-                reader: self.reader,
-                peer: self.peer,
-                state: RxState::Open,
             }),
         )
+    }
+}
+
+/// The last half dropped ends the session (the control task stops sending
+/// again what nobody will read).
+fn drop_half(session: &Session) {
+    if session.halves.fetch_sub(1, Ordering::AcqRel) == 1 {
+        session.kill("the link was closed here");
     }
 }
 
@@ -405,6 +605,8 @@ struct SerialTx {
     session: Arc<Session>,
     dead: Dead,
     closed: bool,
+    /// A `send` was cancelled between two segments of a frame.
+    mid_frame: bool,
 }
 
 impl SerialTx {
@@ -413,6 +615,56 @@ impl SerialTx {
             Some(why) => Err(dead_error(Some(why))),
             None => Ok(()),
         }
+    }
+
+    /// Waits until the window has room for `len` more bytes. When nobody is
+    /// in `recv`, reads the line itself so the acks get through.
+    async fn wait_room(&mut self, len: usize) -> Result<(), LinkError> {
+        let s = self.session.clone();
+        let grace = Instant::now() + SILENCE_GRACE;
+        loop {
+            self.check_alive()?;
+            if s.arq().room(len) {
+                return Ok(());
+            }
+            if let Ok(mut rx) = s.rx.try_lock() {
+                s.process(&mut rx);
+                if s.arq().room(len) {
+                    continue;
+                }
+                s.pump(&mut rx, Instant::now() + PUMP_SLICE, grace).await;
+                s.process(&mut rx);
+            } else {
+                tokio::select! {
+                    _ = s.room.notified() => {}
+                    _ = tokio::time::sleep(PUMP_SLICE) => {}
+                    _ = self.dead.changed() => {}
+                }
+            }
+        }
+    }
+
+    /// Numbers one segment and writes it, after whatever is due first.
+    async fn put(&mut self, flags: u8, payload: &[u8]) -> Result<(), LinkError> {
+        self.wait_room(payload.len()).await?;
+        let s = self.session.clone();
+        let mut w = s.writer.lock().await;
+        let r = async {
+            s.flush(&mut w, &mut self.dead).await?;
+            let body = s.arq().push(flags, payload, Instant::now().into_std());
+            w.send(KIND_SEG, &body, Some(&mut self.dead)).await
+        }
+        .await;
+        if let Err(e) = &r {
+            s.kill(&format!("writing to {}: {e}", s.info.local));
+        }
+        r
+    }
+}
+
+impl Drop for SerialTx {
+    fn drop(&mut self) {
+        drop_half(&self.session);
     }
 }
 
@@ -429,13 +681,22 @@ impl FrameTx for SerialTx {
             return Err(LinkError::Closed);
         }
         self.check_alive()?;
-        let mut w = self.session.writer.lock().await;
-        let r = w.send(KIND_DATA, frame, Some(&mut self.dead)).await;
-        if let Err(e) = &r {
-            self.session
-                .kill(&format!("writing to {}: {e}", self.session.info.local));
+        if std::mem::take(&mut self.mid_frame) {
+            self.put(arq::FLAG_ABORT, &[]).await?;
         }
-        r
+        let n = frame.len().div_ceil(arq::SEG_BYTES).max(1);
+        for i in 0..n {
+            let piece = &frame[(i * arq::SEG_BYTES).min(frame.len())
+                ..((i + 1) * arq::SEG_BYTES).min(frame.len())];
+            let last = i + 1 == n;
+            // Cleared only when the whole frame is out: a cancelled send
+            // leaves it set, and the next send aborts the half frame first.
+            self.mid_frame = true;
+            self.put(if last { arq::FLAG_LAST } else { 0 }, piece)
+                .await?;
+        }
+        self.mid_frame = false;
+        Ok(())
     }
 
     async fn close(&mut self) -> Result<(), LinkError> {
@@ -444,106 +705,47 @@ impl FrameTx for SerialTx {
         }
         self.closed = true;
         self.check_alive()?;
-        let mut w = self.session.writer.lock().await;
-        // Twice: the peer ignores the second, and needs it if noise ate the first.
-        for _ in 0..2 {
-            w.send(KIND_FIN, &[], Some(&mut self.dead)).await?;
+        if std::mem::take(&mut self.mid_frame) {
+            self.put(arq::FLAG_ABORT, &[]).await?;
         }
-        Ok(())
+        self.put(arq::FLAG_FIN, &[]).await
     }
-}
-
-enum RxState {
-    Open,
-    Closed,
-    Failed(io::ErrorKind, String),
 }
 
 struct SerialRx {
     session: Arc<Session>,
-    reader: OwnedMutexGuard<Reader>,
-    peer: u64,
-    state: RxState,
 }
 
-impl SerialRx {
-    fn fail(&mut self, kind: io::ErrorKind, msg: String) -> LinkError {
-        tracing::debug!(path = %self.session.info.local, "serial session down: {msg}");
-        self.session.kill(&msg);
-        let e = LinkError::Io(io::Error::new(kind, msg.clone()));
-        self.state = RxState::Failed(kind, msg);
-        e
+impl Drop for SerialRx {
+    fn drop(&mut self) {
+        drop_half(&self.session);
     }
 }
 
 #[async_trait]
 impl FrameRx for SerialRx {
     async fn recv(&mut self) -> Result<Bytes, LinkError> {
-        match &self.state {
-            RxState::Open => {}
-            RxState::Closed => return Err(LinkError::Closed),
-            RxState::Failed(kind, msg) => {
-                return Err(LinkError::Io(io::Error::new(*kind, msg.clone())));
-            }
-        }
-        let entered = Instant::now();
-        let path = self.session.info.local.clone();
+        let s = self.session.clone();
+        let grace = Instant::now() + SILENCE_GRACE;
+        let mut rx = s.rx.lock().await;
         loop {
-            while let Some(p) = self.reader.dec.next_packet() {
-                match p.kind {
-                    KIND_DATA => return Ok(p.body),
-                    KIND_FIN => {
-                        self.state = RxState::Closed;
-                        return Err(LinkError::Closed);
-                    }
-                    KIND_HELLO => match parse_hello(&p.body) {
-                        // The opener missed our ACK and asks again.
-                        Some(n) if n == self.peer && self.session.ack.is_some() => {
-                            self.session.ack_pending.store(true, Ordering::Relaxed);
-                            self.session.wake.notify_one();
-                        }
-                        Some(n) if n == self.peer => {}
-                        Some(_) => {
-                            return Err(self.fail(
-                                io::ErrorKind::ConnectionReset,
-                                format!("the other end of {path} opened the line anew; this link is gone"),
-                            ));
-                        }
-                        None => {}
-                    },
-                    KIND_RST => {
-                        return Err(self.fail(
-                            io::ErrorKind::ConnectionReset,
-                            format!("the other end of {path} has no session for this link (it closed or restarted)"),
-                        ));
-                    }
-                    KIND_ACK => {} // a repeated answer to our HELLO
-                    other => {
-                        tracing::debug!(kind = other, "serial: ignoring a packet of unknown kind")
-                    }
+            s.process(&mut rx);
+            if let Some(f) = rx.ready.pop_front() {
+                rx.ready_bytes -= f.len();
+                if s.arq().room_again() {
+                    s.wake.notify_one();
+                }
+                return Ok(f);
+            }
+            match &rx.state {
+                RxState::Open => {}
+                RxState::Closed => return Err(LinkError::Closed),
+                RxState::Failed(kind, msg) => {
+                    return Err(LinkError::Io(io::Error::new(*kind, msg.clone())));
                 }
             }
-            let deadline = (self.reader.last_rx + SILENCE_TIMEOUT).max(entered + SILENCE_GRACE);
-            match timeout_at(deadline, self.reader.fill()).await {
-                Err(_) => {
-                    return Err(self.fail(
-                        io::ErrorKind::TimedOut,
-                        format!(
-                            "nothing heard from the other end of {path} for {SILENCE_TIMEOUT:?} (it sends a keepalive every second): the cable is unplugged or the other side stopped"
-                        ),
-                    ));
-                }
-                Ok(Ok(0)) => {
-                    return Err(self.fail(
-                        io::ErrorKind::UnexpectedEof,
-                        format!("{path} hung up: the device went away (unplugged?)"),
-                    ));
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => {
-                    return Err(self.fail(e.kind(), format!("reading {path}: {e}")));
-                }
-            }
+            let forever = Instant::now() + Duration::from_secs(86_400);
+            s.pump(&mut rx, forever, grace).await;
         }
     }
 }
@@ -631,7 +833,7 @@ impl SerialListener {
         }
     }
 
-    /// Tells an opener that still sends DATA (its session ended here) to stop.
+    /// Tells an opener that still sends segments (its session ended here) to stop.
     async fn reset_stray(&mut self) {
         if self.last_rst.is_some_and(|t| t.elapsed() < RST_INTERVAL) {
             return;
@@ -668,7 +870,7 @@ impl Listener for SerialListener {
                         }
                         tracing::debug!(path = %self.port.cfg.path, "serial: HELLO of another version ignored");
                     }
-                    KIND_DATA => self.reset_stray().await,
+                    KIND_SEG => self.reset_stray().await,
                     _ => {}
                 }
             }

@@ -155,11 +155,10 @@ async fn conformance_with_xon_xoff_and_a_baud_rate() {
     conformance::reconnect(&reg, &sel).await.unwrap();
 }
 
-/// Noise on the wire mid-transfer: frames it hit are dropped, every frame that
-/// arrives is intact and in order, the link stays up, and the frames sent
-/// after the noise all arrive.
+/// Noise on the wire mid-transfer: the segments it hit are dropped and sent
+/// again, so every frame arrives, intact and in order, and the link stays up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn noise_on_the_wire_drops_frames_but_not_the_link() {
+async fn noise_on_the_wire_costs_resends_not_frames() {
     let mut c = cable();
     let reg = registry(&c);
     let mut l = reg.listen(&format!("serial:{}", c.b)).await.unwrap();
@@ -204,40 +203,34 @@ async fn noise_on_the_wire_drops_frames_but_not_the_link() {
         }
     });
     let mut got = Vec::new();
-    let mut next_min = 0;
-    while got.last() != Some(&(NOISY + CLEAN - 1)) {
+    for want in 0..NOISY + CLEAN {
         let f = tokio::time::timeout(Duration::from_secs(20), rx.recv())
             .await
-            .expect("the last frame should arrive within 20 s")
+            .expect("every frame should arrive within 20 s")
             .expect("the link should stay up through the noise");
         let i = u32::from_le_bytes(f[..4].try_into().unwrap());
-        assert!(
-            i >= next_min,
-            "frame {i} arrived after frame {}",
-            next_min - 1
-        );
+        assert_eq!(i, want, "frame {i} arrived where frame {want} belongs");
         assert!(
             f[..] == frame(i, f.len())[..] && f.len() == 2000 + (i as usize * 37) % 3000,
             "frame {i} arrived altered"
         );
-        next_min = i + 1;
         got.push(i);
     }
     noise.join().unwrap();
     let mut tx = sender.await.unwrap();
     let after = gateway_serial::counters();
-    let lost = (NOISY + CLEAN) as usize - got.len();
+    let corrupt = after.dropped_corrupt - before.dropped_corrupt;
+    let resent = after.resent_segments - before.resent_segments;
     println!(
-        "{} of {} frames arrived, {lost} dropped; counters: {} corrupt, {} oversized, {} bytes discarded",
+        "{} of {} frames arrived; counters: {corrupt} corrupt, {} oversized, {} bytes discarded, {resent} segments sent again",
         got.len(),
         NOISY + CLEAN,
-        after.dropped_corrupt - before.dropped_corrupt,
         after.dropped_oversized - before.dropped_oversized,
         after.discarded_bytes - before.discarded_bytes
     );
     assert!(
-        got.iter().filter(|&&i| i >= NOISY).count() == CLEAN as usize,
-        "every frame sent after the noise must arrive"
+        corrupt == 0 || resent > 0,
+        "{corrupt} packets were dropped as corrupt and nothing was sent again"
     );
     assert!(
         after.discarded_bytes > before.discarded_bytes,
@@ -523,10 +516,19 @@ fn cpu_seconds() -> f64 {
 /// MB/s and CPU seconds of moving `n` x `chunk` from `a` to `b` with no framing.
 async fn raw_mb_s(a: &str, b: &str, chunk: &[u8], n: usize) -> (f64, f64) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let open = |p: &str| {
-        tokio_serial::SerialStream::open(&tokio_serial::new(p, 115_200).exclusive(false)).unwrap()
+    // The driver's link was just dropped; its control task may hold the
+    // device a moment longer (the driver's own open waits the same way).
+    let open = async |p: &str| {
+        for _ in 0..100 {
+            match tokio_serial::SerialStream::open(&tokio_serial::new(p, 115_200).exclusive(false))
+            {
+                Ok(s) => return s,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+        panic!("{p} still busy after 1 s");
     };
-    let (mut wa, mut rb) = (open(a), open(b));
+    let (mut wa, mut rb) = (open(a).await, open(b).await);
     let total = chunk.len() * n;
     let data = chunk.to_vec();
     let (start, cpu0) = (Instant::now(), cpu_seconds());
