@@ -62,7 +62,7 @@ fn run(mut s: Sender, now: Instant, batch_acks: bool) -> u64 {
                     start: i,
                     end: i + 1,
                 }));
-                s.handle_ack(l, &ranges).expect("ack");
+                s.handle_ack(l, &ranges, now).expect("ack");
             } else {
                 for &i in chunks.iter() {
                     s.handle_ack(
@@ -71,6 +71,7 @@ fn run(mut s: Sender, now: Instant, batch_acks: bool) -> u64 {
                             start: i,
                             end: i + 1,
                         }],
+                        now,
                     )
                     .expect("ack");
                 }

@@ -10,8 +10,16 @@ use std::time::Duration;
 pub struct Config {
     /// Size of one chunk (the unit of scheduling, acking and resume).
     pub chunk_size_bytes: u32,
-    /// Most bytes a single link may have sent but not yet acked.
+    /// Bytes a link may have sent but not yet acked before its rate and
+    /// round trip are measured; from then on its window is
+    /// `window_gain_percent` of its bandwidth-delay product plus one chunk,
+    /// between two chunks and `link_window_max_bytes`.
     pub link_window_bytes: u64,
+    /// Largest window of one link, however fast and far.
+    pub link_window_max_bytes: u64,
+    /// Window as a percentage of the measured bandwidth × minimum round trip
+    /// (200: room to find out that the link got faster).
+    pub window_gain_percent: u32,
     /// An in-flight chunk not acked within this time is given to another link.
     pub chunk_timeout: Duration,
     /// A link with chunks in flight that has sent nothing back for this long
@@ -38,6 +46,8 @@ impl Default for Config {
         Self {
             chunk_size_bytes: 1 << 20,
             link_window_bytes: 8 << 20,
+            link_window_max_bytes: 64 << 20,
+            window_gain_percent: 200,
             chunk_timeout: Duration::from_secs(20),
             link_silence_timeout: Duration::from_secs(15),
             retry_interval: Duration::from_secs(2),

@@ -6,9 +6,16 @@
 //! of the oldest chunk still in flight on another link (tail duplication), so
 //! a slow or stalled link cannot hold the end of the file hostage; the first
 //! copy to be acknowledged wins.
+//!
+//! Each link's window follows what it can carry: its delivery rate (the best
+//! of the last ~1 s, sampled every 100 ms) times its minimum round trip (a
+//! chunk's poll to its ack, the least seen in 10 s), times a gain, plus one
+//! chunk. A slow link then holds only what it can deliver in a round trip or
+//! two — the file's tail does not wait behind a deep queue on it — and a fast
+//! far link gets enough in flight to fill its pipe.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use gateway_proto::{
     Accept, Complete, Hash, Offer, Range, RangeSet, Reject, Reload, TransferId, Verdict,
@@ -73,6 +80,71 @@ struct LinkState {
     /// When something last arrived on this link (see [`Sender::link_heard`]).
     heard_at: Option<Instant>,
     stats: LinkStats,
+    /// Window in bytes; `None` until measured (then `link_window_bytes`).
+    window: Option<u64>,
+    est: Estimator,
+}
+
+/// How often a delivery-rate sample is taken.
+const RATE_SAMPLE: Duration = Duration::from_millis(100);
+/// Samples kept; the rate is their maximum (~1 s of history).
+const RATE_SAMPLES: usize = 10;
+/// A minimum round trip older than this is replaced by the next sample (the
+/// path may have changed).
+const MIN_RTT_VALID: Duration = Duration::from_secs(10);
+
+/// A link's delivery rate and minimum round trip, from its acks.
+#[derive(Clone, Debug, Default)]
+struct Estimator {
+    min_rtt: Option<(Duration, Instant)>,
+    /// Bytes acked over this link since `since`.
+    delivered: u64,
+    since: Option<Instant>,
+    samples: VecDeque<u64>,
+}
+
+impl Estimator {
+    fn on_ack(&mut self, sent_at: Instant, len: u64, now: Instant) {
+        let rtt = now.saturating_duration_since(sent_at);
+        if self
+            .min_rtt
+            .is_none_or(|(m, at)| rtt <= m || now.saturating_duration_since(at) > MIN_RTT_VALID)
+        {
+            self.min_rtt = Some((rtt, now));
+        }
+        self.delivered += len;
+        // The first sample starts when the first chunk was sent.
+        let since = *self.since.get_or_insert(sent_at);
+        let span = now.saturating_duration_since(since);
+        if span >= RATE_SAMPLE {
+            let rate = (u128::from(self.delivered) * 1_000_000_000 / span.as_nanos()) as u64;
+            if self.samples.len() == RATE_SAMPLES {
+                self.samples.pop_front();
+            }
+            self.samples.push_back(rate);
+            self.delivered = 0;
+            self.since = Some(now);
+        }
+    }
+
+    /// Bytes per second, if measured.
+    fn rate(&self) -> Option<u64> {
+        self.samples.iter().copied().max()
+    }
+
+    fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt.map(|(d, _)| d)
+    }
+
+    /// The window these measurements call for.
+    fn window(&self, cfg: &Config, chunk: u64) -> Option<u64> {
+        let (rate, rtt) = (self.rate()?, self.min_rtt()?);
+        let bdp = u128::from(rate) * rtt.as_nanos() / 1_000_000_000;
+        let w = bdp * u128::from(cfg.window_gain_percent) / 100 + u128::from(chunk);
+        let lo = 2 * chunk;
+        let hi = cfg.link_window_max_bytes.max(lo);
+        Some((w.min(u128::from(u64::MAX)) as u64).clamp(lo, hi))
+    }
 }
 
 impl LinkState {
@@ -95,6 +167,12 @@ pub struct LinkStats {
     pub bytes_resent: u64,
     /// Times this link went down.
     pub failures: u32,
+    /// Its window now, in bytes.
+    pub window_bytes: u64,
+    /// Its delivery rate, bytes per second (0 until measured).
+    pub rate_bytes_per_s: u64,
+    /// Its minimum round trip, chunk poll to ack (zero until measured).
+    pub min_rtt: Duration,
 }
 
 /// Progress of the whole transfer.
@@ -256,6 +334,9 @@ impl Sender {
         let st = self.links.entry(link).or_default();
         st.up = true;
         st.retry_at = None;
+        // A reopened link may run over another path: measure it afresh.
+        st.est = Estimator::default();
+        st.window = None;
     }
 
     /// A link died: its in-flight chunks go back to the queue at once and the
@@ -325,11 +406,11 @@ impl Sender {
         if self.phase != Phase::Sending {
             return None;
         }
-        let window = self.cfg.link_window_bytes;
         let st = self.links.get(&link)?;
         if !st.up {
             return None;
         }
+        let window = st.window.unwrap_or(self.cfg.link_window_bytes);
         // Always allow one chunk in flight, even when a chunk exceeds the window.
         let room =
             |len: u32| st.inflight.is_empty() || st.inflight_bytes + u64::from(len) <= window;
@@ -419,15 +500,30 @@ impl Sender {
     }
 
     /// The receiver acknowledged chunks (written at their offsets) over `link`.
-    pub fn handle_ack(&mut self, link: LinkId, ranges: &[Range]) -> Result<(), EngineError> {
+    pub fn handle_ack(
+        &mut self,
+        link: LinkId,
+        ranges: &[Range],
+        now: Instant,
+    ) -> Result<(), EngineError> {
         let set = RangeSet::from_ranges(ranges, self.geo.chunks())?;
+        let chunk = u64::from(self.geo.chunk_size);
         for idx in set.iter() {
             let first = self.acked.insert(idx);
             let len = self.geo.chunk(idx).map_or(0, |c| u64::from(c.len));
-            if first {
-                if let Some(st) = self.links.get_mut(&link) {
+            if let Some(st) = self.links.get_mut(&link) {
+                if first {
                     st.stats.bytes_acked += len;
                 }
+                // The copy this link carried: a round trip and a delivery.
+                if let Some(&sent_at) = st.inflight.get(&idx) {
+                    st.est.on_ack(sent_at, len, now);
+                    if let Some(w) = st.est.window(&self.cfg, chunk) {
+                        st.window = Some(w);
+                    }
+                }
+            }
+            if first {
                 self.pending.remove(idx);
             }
             // First copy wins: every copy stops counting against its link's window.
@@ -613,7 +709,15 @@ impl Sender {
 
     /// Counters of one link.
     pub fn link_stats(&self, link: LinkId) -> LinkStats {
-        self.links.get(&link).map(|l| l.stats).unwrap_or_default()
+        self.links
+            .get(&link)
+            .map(|l| LinkStats {
+                window_bytes: l.window.unwrap_or(self.cfg.link_window_bytes),
+                rate_bytes_per_s: l.est.rate().unwrap_or(0),
+                min_rtt: l.est.min_rtt().unwrap_or_default(),
+                ..l.stats
+            })
+            .unwrap_or_default()
     }
 
     /// Whether `link` has room for another chunk now (the glue uses it to
@@ -625,9 +729,10 @@ impl Sender {
         let Some(st) = self.links.get(&link) else {
             return false;
         };
+        let window = st.window.unwrap_or(self.cfg.link_window_bytes);
         st.up
             && (st.inflight.is_empty()
-                || st.inflight_bytes + u64::from(self.geo.chunk_size) <= self.cfg.link_window_bytes)
+                || st.inflight_bytes + u64::from(self.geo.chunk_size) <= window)
             && (!self.pending.is_empty() || self.tail_candidate(link, now).is_some())
     }
 
@@ -684,7 +789,10 @@ mod tests {
     fn acks_for_chunks_past_the_end_are_refused() {
         let mut s = tx();
         accept_all_missing(&mut s);
-        assert!(s.handle_ack(0, &[Range { start: 9, end: 12 }]).is_err());
+        assert!(
+            s.handle_ack(0, &[Range { start: 9, end: 12 }], Instant::now())
+                .is_err()
+        );
     }
 
     #[test]
@@ -699,7 +807,8 @@ mod tests {
             3,
             "window of 300 bytes holds three 100-byte chunks"
         );
-        s.handle_ack(0, &[Range { start: 0, end: 1 }]).unwrap();
+        s.handle_ack(0, &[Range { start: 0, end: 1 }], Instant::now())
+            .unwrap();
         assert_eq!(s.poll_chunk(0, now).map(|c| c.index), Some(3));
     }
 
@@ -720,6 +829,7 @@ mod tests {
                     start: c[0],
                     end: c[0] + 1,
                 }],
+                Instant::now(),
             )
             .unwrap();
         }
@@ -729,7 +839,8 @@ mod tests {
         let dup = s.poll_chunk(1, later).expect("a tail duplicate");
         assert_eq!(dup.index, 0, "the oldest chunk on link 0");
         // First copy wins: the ack over link 1 frees link 0's window too.
-        s.handle_ack(1, &[Range { start: 0, end: 1 }]).unwrap();
+        s.handle_ack(1, &[Range { start: 0, end: 1 }], Instant::now())
+            .unwrap();
         assert!(!s.links[&0].inflight.contains_key(&0));
     }
 
@@ -750,6 +861,7 @@ mod tests {
                 start: c1,
                 end: c1 + 1,
             }],
+            Instant::now(),
         )
         .unwrap();
         s.link_heard(1, t0 + silence / 2);
@@ -806,7 +918,8 @@ mod tests {
         s.link_up(0);
         let now = Instant::now();
         while s.poll_chunk(0, now).is_some() {}
-        s.handle_ack(0, &[Range { start: 0, end: 3 }]).unwrap();
+        s.handle_ack(0, &[Range { start: 0, end: 3 }], Instant::now())
+            .unwrap();
         // The receiver restarted and only chunk 0 had been made durable.
         s.handle_rejoin(&Accept {
             transfer_id: [1; 16],
@@ -822,7 +935,8 @@ mod tests {
     fn complete_waits_for_every_ack_and_the_hash() {
         let mut s = tx();
         accept_all_missing(&mut s);
-        s.handle_ack(0, &[Range { start: 0, end: 10 }]).unwrap();
+        s.handle_ack(0, &[Range { start: 0, end: 10 }], Instant::now())
+            .unwrap();
         assert!(s.poll_complete().is_none(), "no hash yet");
         s.set_file_hash([3; 32]);
         let c = s.poll_complete().expect("complete");

@@ -66,6 +66,7 @@ pub(crate) struct Outcome {
     pub elapsed: Duration,
     pub per_link_acked: BTreeMap<LinkId, u64>,
     pub per_link_sent: BTreeMap<LinkId, u64>,
+    pub per_link_stats: BTreeMap<LinkId, crate::LinkStats>,
     pub received: Vec<u8>,
     pub durable: RangeSet,
     pub signals: Vec<Signal>,
@@ -278,6 +279,7 @@ impl Sim {
                                         start: idx,
                                         end: idx + 1,
                                     }],
+                                    inst,
                                 )
                                 .unwrap();
                         }
@@ -322,7 +324,11 @@ impl Sim {
         let per_link_sent = (0..self.links.len() as LinkId)
             .map(|l| (l, sender.link_stats(l).bytes_sent))
             .collect();
+        let per_link_stats = (0..self.links.len() as LinkId)
+            .map(|l| (l, sender.link_stats(l)))
+            .collect();
         Outcome {
+            per_link_stats,
             done: *sender.phase() == Phase::Done,
             phase: sender.phase().clone(),
             elapsed: now,
@@ -346,6 +352,10 @@ impl Sim {
 }
 
 const MB: u64 = 1_000_000;
+
+fn sim_chunk() -> u32 {
+    Sim::new(0, vec![]).cfg.chunk_size_bytes
+}
 
 #[test]
 fn two_links_of_different_rates_deliver_the_file_and_share_by_rate() {
@@ -406,6 +416,75 @@ fn a_very_slow_link_does_not_hold_the_tail_hostage() {
         both.elapsed,
         alone.elapsed
     );
+}
+
+#[test]
+fn a_long_fat_link_grows_its_window_to_its_bandwidth_delay_product() {
+    // 50 MB/s with a 200 ms round trip: 10 MB must be in flight to fill it,
+    // 40x the initial window of the simulation's config.
+    let size = 32 << 20;
+    let sim = Sim::new(size, vec![SimLink::new(50 * MB, 100)]);
+    let out = sim.run();
+    assert!(out.done);
+    assert_eq!(out.received, sim.file);
+    let st = out.per_link_stats[&0];
+    let ideal = Duration::from_secs_f64(size as f64 / (50 * MB) as f64 + 0.2);
+    println!(
+        "elapsed {:?} (ideal {ideal:?}), window {} B, rate {} B/s, min rtt {:?}",
+        out.elapsed, st.window_bytes, st.rate_bytes_per_s, st.min_rtt
+    );
+    assert!(
+        st.window_bytes >= 10 * MB,
+        "window {} B is below the 10 MB bandwidth-delay product",
+        st.window_bytes
+    );
+    // The window doubles about once per round trip from 256 KiB, like TCP's
+    // slow start: ~6 round trips of ramp; at the initial window: ~26 s.
+    assert!(
+        out.elapsed < ideal * 4,
+        "took {:?}; at the initial window it would take ~26 s, ideal {ideal:?}",
+        out.elapsed
+    );
+}
+
+#[test]
+fn a_slow_link_never_makes_a_transfer_slower_than_the_fastest_link_alone() {
+    let size = 16 << 20;
+    let fast = [SimLink::new(50 * MB, 1), SimLink::new(20 * MB, 10)];
+    let slow = [
+        SimLink::new(MB / 2, 200),
+        SimLink::new(5 * MB, 80),
+        SimLink::new(20 * MB, 300),
+        SimLink::new(2 * MB, 1),
+    ];
+    for f in &fast {
+        let alone = Sim::new(size, vec![f.clone()]).run();
+        assert!(alone.done);
+        for s in &slow {
+            let both = Sim::new(size, vec![f.clone(), s.clone()]).run();
+            assert!(both.done);
+            println!(
+                "fast {} MB/s {:?} + slow {} MB/s {:?}: {:?} vs alone {:?}",
+                f.rate_bytes_per_s as f64 / 1e6,
+                f.delay,
+                s.rate_bytes_per_s as f64 / 1e6,
+                s.delay,
+                both.elapsed,
+                alone.elapsed
+            );
+            // What no scheduler can avoid: the first chunk a link of
+            // unknown speed takes, sent again by the fast link at the tail.
+            let probe = Duration::from_secs_f64(
+                f64::from(sim_chunk()) / f.rate_bytes_per_s as f64,
+            ) + Sim::new(0, vec![]).cfg.tail_duplicate_after;
+            assert!(
+                both.elapsed <= alone.elapsed + probe,
+                "fast {f:?} + slow {s:?}: {:?}, the fast link alone: {:?}",
+                both.elapsed,
+                alone.elapsed
+            );
+        }
+    }
 }
 
 #[test]

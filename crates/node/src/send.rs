@@ -81,6 +81,10 @@ pub struct LinkReport {
     pub share: f64,
     /// Bytes sent again on this link (timeouts, deaths, duplicates).
     pub resent: u64,
+    /// Its window at the end (bandwidth × minimum round trip × gain), bytes.
+    pub window_bytes: u64,
+    /// Its least round trip seen, a chunk's poll to its ack, ms.
+    pub min_rtt_ms: f64,
 }
 
 /// The result of a finished transfer (the `--json` line).
@@ -1088,10 +1092,11 @@ async fn reader(
                 return;
             }
         };
-        shared.engine().link_heard(link, Instant::now());
+        let now = Instant::now();
+        shared.engine().link_heard(link, now);
         match &frame.body {
             Body::Ack(a) => {
-                let r = shared.engine().handle_ack(link, &a.ranges);
+                let r = shared.engine().handle_ack(link, &a.ranges, now);
                 if let Err(e) = r {
                     let _ = itx.send(Internal::Down {
                         link,
@@ -1297,6 +1302,8 @@ fn build_report(
                     st.bytes_acked as f64 / acked_total as f64
                 },
                 resent: st.bytes_resent,
+                window_bytes: st.window_bytes,
+                min_rtt_ms: st.min_rtt.as_secs_f64() * 1e3,
             }
         })
         .collect();
