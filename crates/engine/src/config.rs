@@ -13,8 +13,12 @@ pub struct Config {
     /// Bytes a link may have sent but not yet acked before its rate and
     /// round trip are measured; from then on its window is
     /// `window_gain_percent` of its bandwidth-delay product plus one chunk,
-    /// between two chunks and `link_window_max_bytes`.
+    /// between `link_window_min_chunks` and `link_window_max_bytes`.
     pub link_window_bytes: u64,
+    /// Smallest window of one link, in chunks: a chunk passes several
+    /// stages (read, seal, socket, open, hash, write, ack), and each needs
+    /// one in hand to keep a CPU-bound path busy however short its round trip.
+    pub link_window_min_chunks: u32,
     /// Largest window of one link, however fast and far.
     pub link_window_max_bytes: u64,
     /// Window as a percentage of the measured bandwidth × minimum round trip
@@ -46,6 +50,7 @@ impl Default for Config {
         Self {
             chunk_size_bytes: 1 << 20,
             link_window_bytes: 8 << 20,
+            link_window_min_chunks: 4,
             link_window_max_bytes: 64 << 20,
             window_gain_percent: 200,
             chunk_timeout: Duration::from_secs(20),

@@ -141,7 +141,7 @@ impl Estimator {
         let (rate, rtt) = (self.rate()?, self.min_rtt()?);
         let bdp = u128::from(rate) * rtt.as_nanos() / 1_000_000_000;
         let w = bdp * u128::from(cfg.window_gain_percent) / 100 + u128::from(chunk);
-        let lo = 2 * chunk;
+        let lo = u64::from(cfg.link_window_min_chunks.max(1)) * chunk;
         let hi = cfg.link_window_max_bytes.max(lo);
         Some((w.min(u128::from(u64::MAX)) as u64).clamp(lo, hi))
     }
