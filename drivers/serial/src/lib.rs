@@ -25,6 +25,8 @@ use async_trait::async_trait;
 use gateway_link::{Adapter, Link, LinkDriver, Listener, OpenError, Selector, SelectorError};
 use tokio_serial::{DataBits, FlowControl, Parity, SerialStream, StopBits};
 
+#[cfg(feature = "test-cable")]
+pub mod cable;
 mod codec;
 mod link;
 
