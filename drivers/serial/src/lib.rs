@@ -27,6 +27,8 @@ use gateway_link::{Adapter, Link, LinkDriver, Listener, OpenError, Selector, Sel
 use tokio_serial::{DataBits, FlowControl, Parity, SerialStream, StopBits};
 
 mod arq;
+#[cfg(feature = "test-cable")]
+pub mod cable;
 mod codec;
 mod link;
 

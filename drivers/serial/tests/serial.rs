@@ -4,9 +4,7 @@
 //! package (socat) is needed. The conformance suite, noise on the wire,
 //! error texts, and (ignored) a throughput figure against the raw cable.
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,62 +13,11 @@ use gateway_link::{
     Adapter, Link, LinkDriver, LinkError, Listener, OpenError, Registry, Selector, conformance,
 };
 use gateway_serial::SerialDriver;
+use gateway_serial::cable::{Cable, End};
 
-/// Two PTYs bridged master to master: `a` and `b` are the two ends of the cable.
-struct Cable {
-    a: String,
-    b: String,
-    /// A second handle on each master, to put noise on the wire.
-    to_b: File,
-    /// The slaves stay open here, so the ttys live (and keep their settings)
-    /// while the driver opens and closes them.
-    _slaves: [OwnedFd; 2],
-}
-
+/// A fresh in-process cable (`gateway_serial::cable`).
 fn cable() -> Cable {
-    use nix::pty::openpty;
-    use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
-    let one = openpty(None, None).expect("openpty");
-    let two = openpty(None, None).expect("openpty");
-    for slave in [&one.slave, &two.slave] {
-        let mut t = tcgetattr(slave).expect("tcgetattr");
-        cfmakeraw(&mut t);
-        tcsetattr(slave, SetArg::TCSANOW, &t).expect("tcsetattr");
-    }
-    let name = |fd: &OwnedFd| {
-        nix::unistd::ttyname(fd)
-            .expect("ttyname")
-            .display()
-            .to_string()
-    };
-    let (a, b) = (name(&one.slave), name(&two.slave));
-    let m1 = File::from(one.master);
-    let m2 = File::from(two.master);
-    let to_b = m2.try_clone().unwrap();
-    bridge(m1.try_clone().unwrap(), m2.try_clone().unwrap());
-    bridge(m2, m1);
-    Cable {
-        a,
-        b,
-        to_b,
-        _slaves: [one.slave, two.slave],
-    }
-}
-
-/// Copies everything written on one end of the cable to the other.
-fn bridge(mut from: File, mut to: File) {
-    std::thread::spawn(move || {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) | Err(_) => return,
-                Ok(n) => n,
-            };
-            if to.write_all(&buf[..n]).is_err() {
-                return;
-            }
-        }
-    });
+    Cable::new().expect("two PTYs for a cable")
 }
 
 /// The serial driver, except that a listener on one end of a cable names the
@@ -159,7 +106,7 @@ async fn conformance_with_xon_xoff_and_a_baud_rate() {
 /// again, so every frame arrives, intact and in order, and the link stays up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn noise_on_the_wire_costs_resends_not_frames() {
-    let mut c = cable();
+    let c = cable();
     let reg = registry(&c);
     let mut l = reg.listen(&format!("serial:{}", c.b)).await.unwrap();
     let target = format!("serial:{}", c.a);
@@ -186,7 +133,7 @@ async fn noise_on_the_wire_costs_resends_not_frames() {
         tx
     });
     // Garbage into the a→b direction while the first frames travel.
-    let mut to_b = c.to_b.try_clone().unwrap();
+    let mut to_b = c.inject(End::B).unwrap();
     let noise = std::thread::spawn(move || {
         let mut x = 0x9e37_79b9u32;
         for _ in 0..60 {
@@ -239,7 +186,68 @@ async fn noise_on_the_wire_costs_resends_not_frames() {
     // Still a working link both ways.
     tx.send(b"still here").await.unwrap();
     assert_eq!(&rx.recv().await.unwrap()[..], b"still here");
-    c.to_b.flush().unwrap();
+}
+
+/// The cable's garbling knob, as the node tests use it, in both directions
+/// (frames one way, acks the other): every frame still arrives, intact and
+/// in order, because damaged segments are sent again; the driver counts the
+/// damaged packets and the resends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_line_garbled_both_ways_delivers_every_frame_intact_and_in_order() {
+    let c = cable();
+    let reg = registry(&c);
+    let mut l = reg.listen(&format!("serial:{}", c.b)).await.unwrap();
+    let target = format!("serial:{}", c.a);
+    let (a, b) = tokio::join!(reg.open(&target), l.accept());
+    let (mut tx, _arx) = a.unwrap().split();
+    let (_btx, mut rx) = b.unwrap().split();
+    let before = gateway_serial::counters();
+    const GARBLED: u32 = 200;
+    const CLEAN: u32 = 20;
+    let frame = |i: u32| -> Vec<u8> {
+        let mut v: Vec<u8> = (0..4096u32).map(|j| (j * 13 + i) as u8).collect();
+        v[..4].copy_from_slice(&i.to_le_bytes());
+        v
+    };
+    c.garble(End::B, 16 << 10);
+    c.garble(End::A, 2 << 10);
+    let receiver = tokio::spawn(async move {
+        let mut got = Vec::new();
+        for want in 0..GARBLED + CLEAN {
+            let f = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+                .await
+                .expect("every frame should arrive within 20 s")
+                .expect("the link should stay up while garbled");
+            let i = u32::from_le_bytes(f[..4].try_into().unwrap());
+            assert_eq!(i, want, "frame {i} arrived where {want} belongs");
+            assert!(f[..] == frame(i)[..], "frame {i} arrived altered");
+            got.push(i);
+        }
+        got
+    });
+    for i in 0..GARBLED {
+        tx.send(&frame(i)).await.unwrap();
+    }
+    c.garble(End::B, 0);
+    c.garble(End::A, 0);
+    for i in GARBLED..GARBLED + CLEAN {
+        tx.send(&frame(i)).await.unwrap();
+    }
+    let got = receiver.await.unwrap();
+    let after = gateway_serial::counters();
+    println!(
+        "{} of {} frames arrived; {} + {} bytes flipped (frames, acks), {} packets counted corrupt, {} segments sent again",
+        got.len(),
+        GARBLED + CLEAN,
+        c.garbled(End::B),
+        c.garbled(End::A),
+        after.dropped_corrupt - before.dropped_corrupt,
+        after.resent_segments - before.resent_segments
+    );
+    assert!(c.garbled(End::B) > 0);
+    assert!(after.dropped_corrupt > before.dropped_corrupt);
+    assert!(after.resent_segments > before.resent_segments);
+    assert_eq!(got.len(), (GARBLED + CLEAN) as usize);
 }
 
 /// The opening end comes back (its process restarted) while the listening
