@@ -474,9 +474,8 @@ fn a_slow_link_never_makes_a_transfer_slower_than_the_fastest_link_alone() {
             );
             // What no scheduler can avoid: the first chunk a link of
             // unknown speed takes, sent again by the fast link at the tail.
-            let probe = Duration::from_secs_f64(
-                f64::from(sim_chunk()) / f.rate_bytes_per_s as f64,
-            ) + Sim::new(0, vec![]).cfg.tail_duplicate_after;
+            let probe = Duration::from_secs_f64(f64::from(sim_chunk()) / f.rate_bytes_per_s as f64)
+                + Sim::new(0, vec![]).cfg.tail_duplicate_after;
             assert!(
                 both.elapsed <= alone.elapsed + probe,
                 "fast {f:?} + slow {s:?}: {:?}, the fast link alone: {:?}",
