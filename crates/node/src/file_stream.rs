@@ -641,6 +641,11 @@ impl FileStream {
         )))
     }
 
+    /// Bytes of the file (or of a tree's files).
+    pub(crate) fn size(&self) -> u64 {
+        self.geo.size
+    }
+
     /// Progress in bytes (durable) for logs.
     pub(crate) fn durable_bytes(&self) -> u64 {
         self.engine().durable_bytes()
