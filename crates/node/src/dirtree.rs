@@ -382,6 +382,59 @@ impl Staged {
         Ok(staged)
     }
 
+    /// Copies into the staging area every file that `dest` (where the tree
+    /// will land) already holds with the same size and BLAKE3, and returns
+    /// the stream's chunks (of `chunk_size` bytes) that these copies cover
+    /// entirely: the receiver holds them already and the sender skips them.
+    /// The copies are made durable before this returns.
+    pub(crate) fn prefill(&self, dest: &Path, chunk_size: u32) -> Result<Vec<u64>, NodeError> {
+        let mut have: HashSet<usize> = HashSet::new();
+        for (&(_, idx), e) in self
+            .layout
+            .files
+            .iter()
+            .map(|f| (f, &self.layout.entries[f.1]))
+        {
+            let Some(want) = e.hash else { continue };
+            let there = dest.join(&e.path);
+            let same = std::fs::symlink_metadata(&there)
+                .is_ok_and(|m| m.is_file() && m.len() == e.size)
+                && hash_path(&there).ok() == Some(want);
+            if !same {
+                continue;
+            }
+            let mut from = File::open(&there)
+                .map_err(|err| NodeError::io(format!("cannot open {}", there.display()), err))?;
+            let to = self.files.get(&self.layout, idx).map_err(|err| {
+                NodeError::io(
+                    format!("cannot open a staged file of {}", self.root.display()),
+                    err,
+                )
+            })?;
+            // copy_file_range under the hood: in the kernel, a reflink where
+            // the file system can.
+            io::copy(&mut from, &mut &*to)
+                .map_err(|err| NodeError::io(format!("cannot copy {}", there.display()), err))?;
+            have.insert(idx);
+        }
+        if have.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.syncfs()?;
+        let c = u64::from(chunk_size.max(1));
+        let chunks = self.layout.size.div_ceil(c);
+        Ok((0..chunks)
+            .filter(|&i| {
+                let start = i * c;
+                let len = (self.layout.size - start).min(c) as usize;
+                self.layout
+                    .pieces(start, len)
+                    .iter()
+                    .all(|(idx, _, _)| have.contains(idx))
+            })
+            .collect())
+    }
+
     /// Writes stream bytes at `offset` into the files they belong to.
     pub(crate) fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         let mut at = 0;

@@ -143,6 +143,12 @@ impl FileStream {
                 (Sink::Tree(Box::new(staged)), stage, Some(blob.to_vec()))
             }
         };
+        // A tree sent again: what already sits where it will land is copied
+        // in place of being sent (its chunks are held from the start).
+        let prefilled = match &sink {
+            Sink::Tree(t) => t.prefill(&dir.join(&offer.name), offer.chunk_size)?,
+            Sink::Part(_) => Vec::new(),
+        };
         let now = now_ms();
         let rec = TransferRecord {
             id: offer.transfer_id,
@@ -162,14 +168,32 @@ impl FileStream {
             tree: tree_blob,
         };
         state.store().insert_transfer(&rec)?;
-        Ok(Self::from_parts(
-            state,
-            cfg,
-            rec,
-            sink,
-            RangeSet::new(),
-            part,
-        ))
+        let mut held = RangeSet::new();
+        if !prefilled.is_empty() {
+            let geo = gateway_engine::Geometry::new(offer.size, offer.chunk_size);
+            let mut hashes = Vec::with_capacity(prefilled.len());
+            let mut buf = Vec::new();
+            for &i in &prefilled {
+                let c = geo
+                    .chunk(i)
+                    .expect("prefill returns chunks of this geometry");
+                buf.resize(c.len as usize, 0);
+                sink.reader()
+                    .read_exact_at(&mut buf, c.offset)
+                    .map_err(|e| NodeError::io(format!("reading {}", part.display()), e))?;
+                hashes.push((i, tree::chunk_cv(c.offset, &buf)));
+                held.insert(i);
+            }
+            // The copies were synced by prefill: the DB may say so.
+            state
+                .store()
+                .commit_durable(&rec.id, Direction::Recv, &held, &hashes)?;
+            tracing::info!(
+                chunks = held.count(),
+                "files already here with the same content: not sent again"
+            );
+        }
+        Ok(Self::from_parts(state, cfg, rec, sink, held, part))
     }
 
     /// A transfer found in the DB (RELOAD after a restart). If the part file

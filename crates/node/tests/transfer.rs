@@ -868,16 +868,22 @@ async fn a_tree_stopped_midway_resumes_without_resending_what_arrived() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tree_sent_again_keeps_identical_files_and_renames_changed_ones() {
+async fn a_tree_sent_again_sends_only_what_changed_and_lands_changed_files_beside() {
     let pair = Pair::new();
     let server = pair.serve(&["mock:again"]).await;
     let src = pair.outbox.join("docs");
     std::fs::create_dir_all(src.join("d")).unwrap();
     std::fs::write(src.join("same.txt"), b"unchanged").unwrap();
     std::fs::write(src.join("d/edit.txt"), b"first").unwrap();
-    pair.send(&src, &["mock:again".into()]).await.unwrap();
+    write_file(&src.join("big.bin"), 600_000, 9);
+    let first = pair.send(&src, &["mock:again".into()]).await.unwrap();
+    assert_eq!(first.bytes_sent, first.bytes_total);
     std::fs::write(src.join("d/edit.txt"), b"second").unwrap();
-    pair.send(&src, &["mock:again".into()]).await.unwrap();
+    let again = pair.send(&src, &["mock:again".into()]).await.unwrap();
+    assert!(
+        again.bytes_resumed >= 8 * (64 << 10) && again.bytes_sent < 200_000,
+        "the unchanged 600 kB file was sent again: {again:?}"
+    );
     let dest = pair.inbox.join("docs");
     assert_eq!(std::fs::read(dest.join("same.txt")).unwrap(), b"unchanged");
     assert_eq!(std::fs::read(dest.join("d/edit.txt")).unwrap(), b"first");
