@@ -108,10 +108,16 @@ enum Cmd {
         /// Do not advertise this node over mDNS (_gateway._tcp).
         #[arg(long)]
         no_mdns: bool,
+        /// When a name that lands is taken: rename (keep both: "name (1).ext"),
+        /// overwrite (replace it atomically) or skip (keep what is there).
+        /// A file already there with the same content is always kept as is.
+        #[arg(long, value_name = "POLICY", default_value = "rename")]
+        on_conflict: gateway_node::dirtree::Conflict,
     },
     /// Send PATH to a peer (by name or id: every path to it) or over every --to link at once.
     Send {
-        /// The file to send.
+        /// The file or directory to send (a directory goes as one transfer:
+        /// files, subdirectories, symlinks inside it, modes and times).
         path: PathBuf,
         /// The receiver: a peer's NAME or node id (found by mDNS, static
         /// addresses and the peerstore; every path to it is used), or a link
@@ -287,7 +293,7 @@ fn stop_signal() -> watch::Receiver<bool> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         state_dir: state_dir(&cli.state),
         name: cli.name,
         node_type: cli.node_type,
@@ -302,7 +308,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             dir,
             listen,
             no_mdns,
-        } => serve(&ctx, dir, listen, !no_mdns).await,
+            on_conflict,
+        } => {
+            ctx.cfg.on_conflict = on_conflict;
+            serve(&ctx, dir, listen, !no_mdns).await
+        }
         Cmd::Send {
             path,
             to,

@@ -260,6 +260,7 @@ impl Sender {
             mode: self.meta.mode,
             chunk_size: self.meta.chunk_size,
             file_hash: self.file_hash,
+            entries: None,
         }
     }
 

@@ -32,6 +32,8 @@ pub struct NodeConfig {
     pub discovery_settle: Duration,
     /// While a link to a named receiver is down, look for it again this often.
     pub rediscover_interval: Duration,
+    /// Receiver: what to do when a name that lands is taken.
+    pub on_conflict: crate::dirtree::Conflict,
 }
 
 impl Default for NodeConfig {
@@ -50,6 +52,7 @@ impl Default for NodeConfig {
             discovery_window: Duration::from_secs(3),
             discovery_settle: Duration::from_millis(300),
             rediscover_interval: Duration::from_secs(5),
+            on_conflict: crate::dirtree::Conflict::Rename,
         }
     }
 }

@@ -1,9 +1,11 @@
 //! The receiver's `file_stream`: one per transfer, fed by every link that
 //! carries its Data. The engine state sits behind a mutex; the payload is
 //! written with positional writes (`pwrite`) at the chunk's offset into
-//! `NAME.<id>.gateway-part`, so writers on different links never wait for
-//! each other's I/O. Checkpoints keep the crash-safety order: fdatasync the
-//! file, then commit the durable set to SQLite, then send Checkpoint.
+//! `NAME.<id>.gateway-part` (a directory tree: into its files, staged under
+//! `.NAME.<id>.gateway-part/`, see `dirtree.rs`), so writers on different
+//! links never wait for each other's I/O. Checkpoints keep the crash-safety
+//! order: fdatasync the data, then commit the durable set to SQLite, then
+//! send Checkpoint.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -18,6 +20,7 @@ use gateway_proto::{Ack, Checkpoint, Complete, Data, Hash, Offer, RangeSet, Tran
 use gateway_store::{Direction, TransferRecord, TransferState};
 use tokio::sync::mpsc;
 
+use crate::dirtree::{Conflict, ReadAt, Staged};
 use crate::state::{NodeState, now_ms};
 use crate::tree;
 use crate::{NodeConfig, NodeError};
@@ -43,7 +46,9 @@ pub(crate) struct FileStream {
     part_path: PathBuf,
     mtime_ns: i64,
     mode: u32,
-    file: Arc<File>,
+    sink: Sink,
+    /// What to do when the final name is taken.
+    policy: Conflict,
     /// The file_stream mutex: one positional write at a time. Concurrent
     /// pwrites to one file contend on the inode lock in the kernel (ext4
     /// spins on it), which cost more CPU than the copies themselves.
@@ -57,6 +62,44 @@ pub(crate) struct FileStream {
     /// Weak, so a link whose task ended closes even while the transfer lives on.
     outboxes: Mutex<Vec<mpsc::WeakSender<Bytes>>>,
     pub(crate) bytes_written: AtomicU64,
+}
+
+/// Where a transfer's bytes wait until they are verified and land.
+enum Sink {
+    /// One file: the part file.
+    Part(File),
+    /// A directory tree, staged file by file.
+    Tree(Box<Staged>),
+}
+
+impl Sink {
+    fn write_all_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
+        match self {
+            Sink::Part(f) => f.write_all_at(data, offset),
+            Sink::Tree(t) => t.write_all_at(data, offset),
+        }
+    }
+
+    fn sync_data(&self, part: &Path) -> Result<(), NodeError> {
+        match self {
+            Sink::Part(f) => f
+                .sync_data()
+                .map_err(|e| NodeError::io(format!("fdatasync {}", part.display()), e)),
+            Sink::Tree(t) => t.sync_data(),
+        }
+    }
+
+    fn reader(&self) -> &dyn ReadAt {
+        match self {
+            Sink::Part(f) => f,
+            Sink::Tree(t) => &**t,
+        }
+    }
+}
+
+/// `.NAME.<first 8 hex of id>.gateway-part/`: where a tree is staged.
+pub(crate) fn stage_path(dir: &Path, name: &str, id: &TransferId) -> PathBuf {
+    dir.join(format!(".{name}.{}.gateway-part", hex::encode(&id[..4])))
 }
 
 /// `NAME.<first 8 hex of id>.gateway-part`, so two transfers of one name never share a file.
@@ -88,7 +131,24 @@ impl FileStream {
         offer: &Offer,
         peer: &str,
     ) -> Result<Arc<Self>, NodeError> {
-        let file = open_part(&part_path(dir, &offer.name, &offer.transfer_id), offer.size)?;
+        let (sink, part, tree_blob) = match &offer.entries {
+            None => {
+                let part = part_path(dir, &offer.name, &offer.transfer_id);
+                (Sink::Part(open_part(&part, offer.size)?), part, None)
+            }
+            Some(entries) => {
+                let stage = stage_path(dir, &offer.name, &offer.transfer_id);
+                let staged = Staged::open(&stage, entries.clone())?;
+                let blob = crate::wire::encode(gateway_proto::Body::Offer(offer.clone()));
+                (Sink::Tree(Box::new(staged)), stage, Some(blob.to_vec()))
+            }
+        };
+        // A tree sent again: what already sits where it will land is copied
+        // in place of being sent (its chunks are held from the start).
+        let prefilled = match &sink {
+            Sink::Tree(t) => t.prefill(&dir.join(&offer.name), offer.chunk_size)?,
+            Sink::Part(_) => Vec::new(),
+        };
         let now = now_ms();
         let rec = TransferRecord {
             id: offer.transfer_id,
@@ -105,17 +165,35 @@ impl FileStream {
             durable: RangeSet::new(),
             created_at_ms: now,
             updated_at_ms: now,
+            tree: tree_blob,
         };
         state.store().insert_transfer(&rec)?;
-        let part = part_path(dir, &rec.name, &rec.id);
-        Ok(Self::from_parts(
-            state,
-            cfg,
-            rec,
-            file,
-            RangeSet::new(),
-            part,
-        ))
+        let mut held = RangeSet::new();
+        if !prefilled.is_empty() {
+            let geo = gateway_engine::Geometry::new(offer.size, offer.chunk_size);
+            let mut hashes = Vec::with_capacity(prefilled.len());
+            let mut buf = Vec::new();
+            for &i in &prefilled {
+                let c = geo
+                    .chunk(i)
+                    .expect("prefill returns chunks of this geometry");
+                buf.resize(c.len as usize, 0);
+                sink.reader()
+                    .read_exact_at(&mut buf, c.offset)
+                    .map_err(|e| NodeError::io(format!("reading {}", part.display()), e))?;
+                hashes.push((i, tree::chunk_cv(c.offset, &buf)));
+                held.insert(i);
+            }
+            // The copies were synced by prefill: the DB may say so.
+            state
+                .store()
+                .commit_durable(&rec.id, Direction::Recv, &held, &hashes)?;
+            tracing::info!(
+                chunks = held.count(),
+                "files already here with the same content: not sent again"
+            );
+        }
+        Ok(Self::from_parts(state, cfg, rec, sink, held, part))
     }
 
     /// A transfer found in the DB (RELOAD after a restart). If the part file
@@ -132,6 +210,9 @@ impl FileStream {
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_default();
+        if let Some(blob) = &rec.tree {
+            return Self::reopen_tree(state, cfg, &dir, blob, rec.clone());
+        }
         let part = part_path(&dir, &rec.name, &rec.id);
         if !part.exists() && rec.state == TransferState::Verifying {
             let landed = Path::new(&rec.path);
@@ -146,7 +227,14 @@ impl FileStream {
                     gateway_engine::Geometry::new(rec.size, rec.chunk_size).chunks(),
                 );
                 let landed = landed.to_path_buf();
-                return Ok(Self::from_parts(state, cfg, rec, file, all, landed));
+                return Ok(Self::from_parts(
+                    state,
+                    cfg,
+                    rec,
+                    Sink::Part(file),
+                    all,
+                    landed,
+                ));
             }
         }
         let existed = part.exists();
@@ -159,14 +247,65 @@ impl FileStream {
                 .store()
                 .forget_chunks(&rec.id, Direction::Recv, &rec.durable)?;
         }
-        Ok(Self::from_parts(state, cfg, rec, file, durable, part))
+        Ok(Self::from_parts(
+            state,
+            cfg,
+            rec,
+            Sink::Part(file),
+            durable,
+            part,
+        ))
+    }
+
+    /// A tree found in the DB: its entry list comes back from the stored
+    /// Offer (checked again), its staging directory is reopened. Files that
+    /// vanished from it (moved into place by a landing a crash cut short, or
+    /// deleted) come back empty: the verdict then names their chunks, the
+    /// sender sends them again, and landing keeps the copy already in place.
+    fn reopen_tree(
+        state: &NodeState,
+        cfg: &NodeConfig,
+        dir: &Path,
+        blob: &[u8],
+        rec: TransferRecord,
+    ) -> Result<Arc<Self>, NodeError> {
+        let frame = gateway_proto::decode(bytes::Bytes::copy_from_slice(blob), &cfg.limits)
+            .map_err(|e| {
+                NodeError::Other(format!("the saved tree of {} is damaged: {e}", rec.name))
+            })?;
+        let gateway_proto::Body::Offer(offer) = frame.body else {
+            return Err(NodeError::Other(format!(
+                "the saved tree of {} is not an Offer",
+                rec.name
+            )));
+        };
+        let entries = offer.entries.unwrap_or_default();
+        let stage = stage_path(dir, &rec.name, &rec.id);
+        let existed = stage.exists();
+        let staged = Staged::open(&stage, entries)?;
+        let mut durable = rec.durable.clone();
+        if !existed {
+            tracing::warn!(stage = %stage.display(), "staging directory vanished; starting this tree over");
+            durable = RangeSet::new();
+            state
+                .store()
+                .forget_chunks(&rec.id, Direction::Recv, &rec.durable)?;
+        }
+        Ok(Self::from_parts(
+            state,
+            cfg,
+            rec,
+            Sink::Tree(Box::new(staged)),
+            durable,
+            stage,
+        ))
     }
 
     fn from_parts(
         state: &NodeState,
         cfg: &NodeConfig,
         rec: TransferRecord,
-        file: File,
+        sink: Sink,
         durable: RangeSet,
         part: PathBuf,
     ) -> Arc<Self> {
@@ -194,7 +333,8 @@ impl FileStream {
             dir,
             mtime_ns: rec.mtime_ns,
             mode: rec.mode,
-            file: Arc::new(file),
+            sink,
+            policy: cfg.on_conflict,
             write_gate: Mutex::new(()),
             geo: engine.geometry(),
             engine: Mutex::new(engine),
@@ -246,7 +386,7 @@ impl FileStream {
             DataAction::AckOnly(c) => Ok(self.engine().ack(c)),
             DataAction::Write(c) => {
                 let _gate = self.write_gate.lock().unwrap_or_else(|p| p.into_inner());
-                self.file
+                self.sink
                     .write_all_at(&data.data, c.offset)
                     .map_err(|source| DataError::Io {
                         path: self.part_path.display().to_string(),
@@ -290,9 +430,7 @@ impl FileStream {
         let job2 = job.clone();
         let res = tokio::task::spawn_blocking(move || -> Result<(), NodeError> {
             // Order matters: data on disk first, then the DB may say so.
-            this.file
-                .sync_data()
-                .map_err(|e| NodeError::io(format!("fdatasync {}", this.part_path.display()), e))?;
+            this.sink.sync_data(&this.part_path)?;
             this.state.store().commit_durable(
                 &this.id,
                 Direction::Recv,
@@ -385,7 +523,7 @@ impl FileStream {
         let tree::Hashed {
             mut cvs,
             single_root: single,
-        } = tree::hash_chunks(&self.file, geo, &all, tree::hash_threads())
+        } = tree::hash_chunks(self.sink.reader(), geo, &all, tree::hash_threads())
             .map_err(|e| NodeError::io(format!("reading {}", self.part_path.display()), e))?;
         cvs.sort_unstable_by_key(|(i, _)| *i);
         let mut bad = RangeSet::new();
@@ -410,18 +548,19 @@ impl FileStream {
     /// twice and never lands twice.
     fn finalize(&self) -> Result<PathBuf, NodeError> {
         use std::os::unix::fs::PermissionsExt;
+        let file = match &self.sink {
+            Sink::Part(f) => f,
+            Sink::Tree(t) => return self.land_tree(t),
+        };
         let mode = self.mode & 0o777;
         if mode != 0 {
-            let _ = self
-                .file
-                .set_permissions(std::fs::Permissions::from_mode(mode | 0o600));
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(mode | 0o600));
         }
         if self.mtime_ns > 0 {
             let t = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(self.mtime_ns as u64);
-            let _ = self.file.set_modified(t);
+            let _ = file.set_modified(t);
         }
-        self.file
-            .sync_all()
+        file.sync_all()
             .map_err(|e| NodeError::io(format!("fsync {}", self.part_path.display()), e))?;
         let target = self.link_into_place()?;
         sync_dir(&self.dir);
@@ -443,12 +582,63 @@ impl FileStream {
         Ok(target)
     }
 
-    /// `dir/name`, or `name (1).ext`, `(2)`… if taken — never replacing a
-    /// file. A name that already is this file (linked before a crash) is it.
+    /// A verified tree moves into `dir/NAME` (merged into it if it is a
+    /// directory already; `NAME (1)`… if a file is in the way), then the
+    /// record goes.
+    fn land_tree(&self, staged: &Staged) -> Result<PathBuf, NodeError> {
+        let mut dest = self.dir.join(&self.name);
+        if dest.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
+            dest = candidates(&self.dir, &self.name)
+                .find(|c| c.symlink_metadata().is_err())
+                .ok_or_else(|| NodeError::Other(format!("no free name for {}", self.name)))?;
+        }
+        let landed = staged.land(&dest, self.policy)?;
+        tracing::info!(
+            dest = %dest.display(),
+            files = landed.files,
+            unchanged = landed.unchanged,
+            skipped = landed.skipped,
+            renamed = landed.renamed.len(),
+            "tree landed"
+        );
+        sync_dir(&self.dir);
+        self.state
+            .store()
+            .delete_transfer(&self.id, Direction::Recv)?;
+        Ok(dest)
+    }
+
+    /// `dir/name`, or with `--on-conflict rename` (default) `name (1).ext`,
+    /// `(2)`… if taken — never replacing a file; `overwrite` replaces it
+    /// atomically; `skip` keeps it and drops what arrived. A name that
+    /// already is this file (linked before a crash) is it.
     fn link_into_place(&self) -> Result<PathBuf, NodeError> {
         use std::os::unix::fs::MetadataExt;
         let ours = std::fs::metadata(&self.part_path)
             .map_err(|e| NodeError::io(format!("stat {}", self.part_path.display()), e))?;
+        let first = self.dir.join(&self.name);
+        let taken = std::fs::symlink_metadata(&first)
+            .is_ok_and(|m| !(m.dev() == ours.dev() && m.ino() == ours.ino()));
+        match self.policy {
+            Conflict::Overwrite if taken => {
+                self.state.store().set_landing(
+                    &self.id,
+                    Direction::Recv,
+                    &first.to_string_lossy(),
+                )?;
+                std::fs::rename(&self.part_path, &first)
+                    .map_err(|e| NodeError::io(format!("rename to {}", first.display()), e))?;
+                return Ok(first);
+            }
+            Conflict::Skip if taken => {
+                tracing::info!(path = %first.display(), "the name is taken; keeping what is there (--on-conflict skip)");
+                std::fs::remove_file(&self.part_path).map_err(|e| {
+                    NodeError::io(format!("remove {}", self.part_path.display()), e)
+                })?;
+                return Ok(first);
+            }
+            _ => {}
+        }
         for candidate in candidates(&self.dir, &self.name) {
             match std::fs::symlink_metadata(&candidate) {
                 Ok(m) if m.dev() == ours.dev() && m.ino() == ours.ino() => return Ok(candidate),
@@ -473,6 +663,11 @@ impl FileStream {
             self.name,
             self.dir.display()
         )))
+    }
+
+    /// Bytes of the file (or of a tree's files).
+    pub(crate) fn size(&self) -> u64 {
+        self.geo.size
     }
 
     /// Progress in bytes (durable) for logs.
@@ -543,6 +738,7 @@ mod tests {
             mode: 0o644,
             chunk_size: 4096,
             file_hash: None,
+            entries: None,
         }
     }
 

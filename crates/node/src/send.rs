@@ -5,7 +5,7 @@
 //! save and stop.
 
 use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -20,6 +20,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::dirtree::{self, ReadAt};
 use crate::state::{NodeState, now_ms};
 use crate::tree;
 use crate::trust;
@@ -115,6 +116,9 @@ pub struct SendReport {
     /// How long finding a named receiver took (mDNS, static, known), ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub discovery_ms: Option<u64>,
+    /// Files in the tree (a directory send only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<usize>,
 }
 
 /// A live view for progress bars.
@@ -172,7 +176,8 @@ struct Shared {
     cvs: Mutex<CvTable>,
     /// Wakes writers when window room or work appears.
     wake: Notify,
-    file: File,
+    /// The file, or the tree's byte stream.
+    source: Arc<dyn ReadAt + Send + Sync>,
     /// One per link id; links found later are appended.
     selectors: Mutex<Vec<String>>,
     /// Caps for frames from the receiver (the node's configured limits).
@@ -267,10 +272,37 @@ pub async fn send(
             "no link given: add --to SELECTOR (e.g. --to tcp:192.168.1.7:7878)".into(),
         ));
     }
-    let file = File::open(&path)
-        .map_err(|e| NodeError::io(format!("cannot open {}", path.display()), e))?;
-    let size = md.len();
-    let mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+    // A directory is one transfer of its files' bytes in list order; its
+    // record is found again by the identity of its listing (in place of an
+    // mtime), so any change to the tree starts a new transfer.
+    let (source, size, mtime_ns, tree_entries): (Arc<dyn ReadAt + Send + Sync>, u64, i64, _) =
+        if md.is_dir() {
+            let root = path.clone();
+            let entries = tokio::task::spawn_blocking(move || dirtree::scan(&root, true))
+                .await
+                .map_err(|e| NodeError::Other(format!("scan task failed: {e}")))??;
+            let layout = dirtree::Layout::new(entries.clone());
+            let (size, identity) = (layout.size(), layout.identity());
+            tracing::info!(
+                files = layout.file_count(),
+                entries = entries.len(),
+                size,
+                "sending a tree"
+            );
+            let src = dirtree::TreeSource::new(&path, layout);
+            (Arc::new(src), size, identity, Some(entries))
+        } else {
+            let file = File::open(&path)
+                .map_err(|e| NodeError::io(format!("cannot open {}", path.display()), e))?;
+            let mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
+            (Arc::new(file), md.len(), mtime_ns, None)
+        };
+    let is_tree = tree_entries.is_some();
+    let file_count = tree_entries.as_ref().map(|e| {
+        e.iter()
+            .filter(|e| e.kind == gateway_proto::EntryKind::File)
+            .count()
+    });
     // Open every link at once; keep the ones that answer.
     let ours = wire::hello(&state, &[]);
     let mut opening = Vec::new();
@@ -392,7 +424,9 @@ pub async fn send(
         .expect("one link is up");
     let (mut tx0, mut rx0) = conns[first].take().expect("checked");
     let opening_body = if is_new {
-        Body::Offer(engine.offer())
+        let mut offer = engine.offer();
+        offer.entries = tree_entries;
+        Body::Offer(offer)
     } else {
         tracing::info!(parent: &span, durable = rec.durable.count(), "found in the DB: RELOAD");
         Body::Reload(engine.reload(&rec.durable))
@@ -457,9 +491,7 @@ pub async fn send(
     // Chunks the receiver already holds are not read by the writers: hash
     // them in the background; the writers hash the rest as they send them.
     let hash_task = {
-        let f = file
-            .try_clone()
-            .map_err(|e| NodeError::io(format!("cannot reopen {}", path.display()), e))?;
+        let f = source.clone();
         let held = RangeSet::from_ranges(&accept.have, geo.chunks())
             .map_err(|e| NodeError::Peer(e.to_string()))?;
         let idx: Vec<u64> = if geo.chunks() == 1 {
@@ -467,7 +499,7 @@ pub async fn send(
         } else {
             held.iter().collect()
         };
-        tokio::task::spawn_blocking(move || tree::hash_chunks(&f, geo, &idx, tree::hash_threads()))
+        tokio::task::spawn_blocking(move || tree::hash_chunks(&*f, geo, &idx, tree::hash_threads()))
     };
     let shared = Arc::new(Shared {
         cvs: Mutex::new(CvTable {
@@ -476,7 +508,7 @@ pub async fn send(
         }),
         engine: Mutex::new(engine),
         wake: Notify::new(),
-        file,
+        source,
         selectors: Mutex::new(selectors.clone()),
         limits: cfg.limits.clone(),
     });
@@ -646,7 +678,7 @@ pub async fn send(
                 }
             };
             if let Some(h) = root {
-                if let Some(why) = source_changed(&path, size, mtime_ns) {
+                if let Some(why) = source_changed(&path, size, mtime_ns, is_tree) {
                     break Err(NodeError::Other(why));
                 }
                 file_hash = Some(h);
@@ -797,6 +829,7 @@ pub async fn send(
     }
     let elapsed = started.elapsed();
     let mut report = build_report(&shared, &rec.id, &name, size, resumed, elapsed, file_hash);
+    report.files = file_count;
     report.peer_id = peer_node_id.clone();
     report.peer_name = peer_hello.name.clone();
     for l in &report.links {
@@ -813,7 +846,22 @@ pub async fn send(
 }
 
 /// A sentence if the source's size or mtime moved since the transfer began.
-fn source_changed(path: &Path, size: u64, mtime_ns: i64) -> Option<String> {
+fn source_changed(path: &Path, size: u64, mtime_ns: i64, is_tree: bool) -> Option<String> {
+    if is_tree {
+        let changed = || {
+            format!(
+                "{} changed while it was being sent; run the same send again to send the new version",
+                path.display()
+            )
+        };
+        return match dirtree::scan(path, false) {
+            Ok(entries) => {
+                let l = dirtree::Layout::new(entries);
+                (l.size() != size || l.identity() != mtime_ns).then(changed)
+            }
+            Err(e) => Some(format!("{}: {e}", path.display())),
+        };
+    }
     match std::fs::metadata(path) {
         Ok(md) if md.len() == size && md.mtime() * 1_000_000_000 + md.mtime_nsec() == mtime_ns => {
             None
@@ -840,9 +888,9 @@ fn inspect(path: &Path) -> Result<(PathBuf, String, std::fs::Metadata), NodeErro
         .map_err(|e| NodeError::io(format!("cannot send {}", path.display()), e))?;
     let md = std::fs::metadata(&canonical)
         .map_err(|e| NodeError::io(format!("cannot read {}", path.display()), e))?;
-    if !md.is_file() {
+    if !md.is_file() && !md.is_dir() {
         return Err(NodeError::Other(format!(
-            "{} is not a regular file (directories come in a later version)",
+            "{} is not a regular file or a directory",
             path.display()
         )));
     }
@@ -883,6 +931,7 @@ fn new_record(
         durable: RangeSet::new(),
         created_at_ms: now,
         updated_at_ms: now,
+        tree: None,
     })
 }
 
@@ -1042,7 +1091,7 @@ async fn writer(
             continue;
         };
         buf.resize(chunk.len as usize, 0);
-        if let Err(e) = shared.file.read_exact_at(&mut buf, chunk.offset) {
+        if let Err(e) = shared.source.read_exact_at(&mut buf, chunk.offset) {
             shared.engine().unsent(link, chunk.index);
             let _ = itx.send(Internal::Down {
                 link,
@@ -1320,5 +1369,6 @@ fn build_report(
         peer_id: String::new(),
         peer_name: String::new(),
         discovery_ms: None,
+        files: None,
     }
 }

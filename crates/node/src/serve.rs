@@ -717,7 +717,7 @@ async fn file_loop(
                                 .remove(&c.transfer_id);
                             if let Some(path) = path {
                                 tracing::info!(path = %path.display(), "received");
-                                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                                let size = s.size();
                                 let _ = server
                                     .events
                                     .send(ServeEvent::Received { path, bytes: size });

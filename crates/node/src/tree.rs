@@ -6,8 +6,7 @@
 //! up the tree: each byte is hashed once per side, chunks can be hashed in any
 //! order and on several cores, and a mismatch points at the bad chunks.
 
-use std::fs::File;
-use std::os::unix::fs::FileExt;
+use crate::dirtree::ReadAt;
 
 use blake3::hazmat::{
     HasherExt, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root,
@@ -73,8 +72,8 @@ pub struct Hashed {
 type PartResult = std::io::Result<Vec<(u64, Hash, Option<Hash>)>>;
 
 /// Reads and hashes the chunks `indices` of `file` on up to `threads` threads.
-pub fn hash_chunks(
-    file: &File,
+pub fn hash_chunks<R: ReadAt + ?Sized>(
+    file: &R,
     geo: Geometry,
     indices: &[u64],
     threads: usize,
@@ -128,6 +127,7 @@ pub fn hash_threads() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     fn data(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 7 + i / 1000) as u8).collect()

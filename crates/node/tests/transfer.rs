@@ -459,6 +459,7 @@ fn offer(name: &str, size: u64) -> Offer {
         mode: 0o644,
         chunk_size: 64 << 10,
         file_hash: None,
+        entries: None,
     }
 }
 
@@ -965,5 +966,215 @@ async fn a_serial_line_that_garbles_bytes_still_delivers_the_right_hash() {
     assert_eq!(report.verdict, "ok");
     assert_eq!(report.hash, hex::encode(blake3::hash(&data).as_bytes()));
     assert_eq!(std::fs::read(pair.inbox.join("garbled.bin")).unwrap(), data);
+    server.shutdown().await.unwrap();
+}
+
+/// A tree with everything a tree may hold: nested directories, an empty
+/// file, an empty directory, a symlink, names with spaces and non-ASCII,
+/// modes other than the default, and a file spanning many chunks.
+fn make_tree(root: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+    std::fs::create_dir_all(root.join("empty dir")).unwrap();
+    std::fs::create_dir_all(root.join("ünïcode dir")).unwrap();
+    write_file(&root.join("sub/big.bin"), 700_000, 7);
+    std::fs::write(root.join("empty"), b"").unwrap();
+    std::fs::write(root.join("ünïcode dir/a b ✓.txt"), "名前").unwrap();
+    for i in 0..50 {
+        std::fs::write(root.join(format!("sub/deeper/f{i}")), format!("small {i}")).unwrap();
+    }
+    std::os::unix::fs::symlink("sub/big.bin", root.join("link to big")).unwrap();
+    std::os::unix::fs::symlink("../empty", root.join("sub/up")).unwrap();
+    std::fs::set_permissions(root.join("sub"), std::fs::Permissions::from_mode(0o751)).unwrap();
+    std::fs::set_permissions(root.join("empty"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        root.join("sub/deeper/f3"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+}
+
+/// Every entry under `root`: (relative path, kind, mode, content or link
+/// target, mtime for files).
+fn listing(root: &Path) -> Vec<(String, char, u32, Vec<u8>, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let md = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let (kind, body, mtime) = if md.file_type().is_symlink() {
+                let t = std::fs::read_link(&p).unwrap();
+                ('l', t.to_string_lossy().as_bytes().to_vec(), 0)
+            } else if md.is_dir() {
+                stack.push(p.clone());
+                ('d', vec![], 0)
+            } else {
+                ('f', std::fs::read(&p).unwrap(), md.mtime())
+            };
+            let mode = if kind == 'l' { 0 } else { md.mode() & 0o7777 };
+            out.push((rel, kind, mode, body, mtime));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_arrives_whole_with_links_modes_times_and_odd_names() {
+    let pair = Pair::new();
+    let server = pair.serve(&["mock:tree-a", "mock:tree-b"]).await;
+    let src = pair.outbox.join("my tree");
+    make_tree(&src);
+    let report = pair
+        .send(
+            &src,
+            &[
+                "mock:tree-a?rate=20MB".into(),
+                "mock:tree-b?rate=20MB".into(),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.verdict, "ok");
+    assert_eq!(report.files, Some(53));
+    assert_eq!(listing(&pair.inbox.join("my tree")), listing(&src));
+    // Nothing staged is left behind, and no records.
+    let names: Vec<_> = std::fs::read_dir(&pair.inbox)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("my tree")]);
+    let r = NodeState::open(&pair.recv_state).unwrap();
+    assert!(r.store().list_transfers().unwrap().is_empty());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_whose_symlink_points_outside_is_refused_before_anything_moves() {
+    let pair = Pair::new();
+    let server = pair.serve(&["mock:escape"]).await;
+    let src = pair.outbox.join("t");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/ok"), b"fine").unwrap();
+    std::os::unix::fs::symlink("../../../etc/passwd", src.join("d/bad")).unwrap();
+    let err = pair.send(&src, &["mock:escape".into()]).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("outside the tree"), "{msg}");
+    assert!(msg.contains("d/bad"), "the message names the link: {msg}");
+    assert!(!pair.inbox.exists() || std::fs::read_dir(&pair.inbox).unwrap().next().is_none());
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_tree_offers_are_refused_and_nothing_is_written() {
+    use gateway_proto::{Entry, EntryKind};
+    let pair = Pair::new();
+    let server = pair.serve(&["mock:hostile"]).await;
+    let e = |path: &str, kind: EntryKind, size: u64, target: &str| Entry {
+        path: path.into(),
+        kind,
+        size,
+        mode: 0o644,
+        mtime_ns: 0,
+        target: target.into(),
+        hash: None,
+    };
+    let trees = vec![
+        vec![e("..", EntryKind::File, 10, "")],
+        vec![e("a/../../x", EntryKind::File, 10, "")],
+        vec![
+            e("d", EntryKind::Dir, 0, ""),
+            e("d/l", EntryKind::Symlink, 0, "../../x"),
+        ],
+        vec![e("l", EntryKind::Symlink, 0, "/etc")],
+    ];
+    for entries in trees {
+        let (mut tx, mut rx) = raw_peer(&pair.reg, "mock:hostile").await;
+        let mut o = offer("t", 10);
+        o.size = entries.iter().map(|e| e.size).sum();
+        o.entries = Some(entries);
+        let frame = gateway_proto::encode(&Frame {
+            stream: Stream::File,
+            body: Body::Offer(o),
+        });
+        tx.send(&frame).await.unwrap();
+        let msg = expect_error_and_drop(&mut *rx, ErrorCode::BadName).await;
+        assert!(!msg.is_empty());
+    }
+    let entries: Vec<_> = std::fs::read_dir(&pair.inbox).unwrap().collect();
+    assert!(entries.is_empty(), "something was written: {entries:?}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_stopped_midway_resumes_without_resending_what_arrived() {
+    let pair = Pair::new();
+    let src = pair.outbox.join("many");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..120 {
+        write_file(&src.join(format!("f{i:03}")), 50_000 + i * 10, i as u8);
+    }
+    let server = pair.serve(&["mock:tree-resume"]).await;
+    let mut run = pair.spawn_send(&src, "mock:tree-resume?rate=5MB");
+    run.until(|p| p.durable >= 2 << 20).await;
+    run.stop.send(true).unwrap();
+    let first = run.task.await.unwrap();
+    assert!(matches!(first, Err(NodeError::Stopped)), "{first:?}");
+    server.shutdown().await.unwrap();
+
+    let server = pair.serve(&["mock:tree-resume"]).await;
+    let report = pair.send(&src, &["mock:tree-resume".into()]).await.unwrap();
+    assert!(
+        report.bytes_resumed >= 2 << 20,
+        "resumed too little: {report:?}"
+    );
+    assert!(
+        report.bytes_sent + report.bytes_resumed <= report.bytes_total + (1 << 20),
+        "re-sent more than one checkpoint: {report:?}"
+    );
+    assert_eq!(listing(&pair.inbox.join("many")), listing(&src));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_sent_again_sends_only_what_changed_and_lands_changed_files_beside() {
+    let pair = Pair::new();
+    let server = pair.serve(&["mock:again"]).await;
+    let src = pair.outbox.join("docs");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("same.txt"), b"unchanged").unwrap();
+    std::fs::write(src.join("d/edit.txt"), b"first").unwrap();
+    write_file(&src.join("big.bin"), 600_000, 9);
+    let first = pair.send(&src, &["mock:again".into()]).await.unwrap();
+    assert_eq!(first.bytes_sent, first.bytes_total);
+    std::fs::write(src.join("d/edit.txt"), b"second").unwrap();
+    let again = pair.send(&src, &["mock:again".into()]).await.unwrap();
+    assert!(
+        again.bytes_resumed >= 8 * (64 << 10) && again.bytes_sent < 200_000,
+        "the unchanged 600 kB file was sent again: {again:?}"
+    );
+    let dest = pair.inbox.join("docs");
+    assert_eq!(std::fs::read(dest.join("same.txt")).unwrap(), b"unchanged");
+    assert_eq!(std::fs::read(dest.join("d/edit.txt")).unwrap(), b"first");
+    assert_eq!(
+        std::fs::read(dest.join("d/edit (1).txt")).unwrap(),
+        b"second"
+    );
+    assert!(
+        !dest.join("same (1).txt").exists(),
+        "an identical file was kept, not duplicated"
+    );
+    server.shutdown().await.unwrap();
+
+    // The same with --on-conflict overwrite.
+    let mut cfg = small_cfg();
+    cfg.on_conflict = gateway_node::dirtree::Conflict::Overwrite;
+    let server = pair.serve_with(&["mock:again"], cfg).await;
+    std::fs::write(src.join("d/edit.txt"), b"third").unwrap();
+    pair.send(&src, &["mock:again".into()]).await.unwrap();
+    assert_eq!(std::fs::read(dest.join("d/edit.txt")).unwrap(), b"third");
     server.shutdown().await.unwrap();
 }

@@ -39,10 +39,10 @@ pub fn decode(buf: Bytes, limits: &Limits) -> Result<Frame, ProtoError> {
         )));
     }
     let opts = VerifierOptions {
-        // Frame -> body table -> vector -> string is the deepest path.
+        // Frame -> Offer -> entries -> Entry -> string is the deepest path.
         max_depth: 8,
-        // Frame plus one body table; leave room for harmless growth.
-        max_tables: 16,
+        // Frame, one body table, and an Offer's tree entries (one table each).
+        max_tables: limits.max_tree_entries.saturating_add(16),
         // Caps the work of a buffer whose offsets point at the same bytes many times.
         max_apparent_size: limits.max_frame_bytes.saturating_mul(2),
         ignore_missing_null_terminator: false,
@@ -84,6 +84,14 @@ fn decode_body(root: &wire::Frame<'_>, buf: &Bytes, limits: &Limits) -> Result<B
             let name = file_name(o.name(), limits)?;
             check_size(o.size(), limits)?;
             check_chunk_size(o.chunk_size(), limits)?;
+            let entries = match o.entries() {
+                None => None,
+                Some(v) => {
+                    let list = tree_entries(v, limits)?;
+                    crate::validate_tree(&list, o.size())?;
+                    Some(list)
+                }
+            };
             Body::Offer(Offer {
                 transfer_id: o.transfer_id().0,
                 name,
@@ -92,6 +100,7 @@ fn decode_body(root: &wire::Frame<'_>, buf: &Bytes, limits: &Limits) -> Result<B
                 mode: o.mode(),
                 chunk_size: o.chunk_size(),
                 file_hash: o.file_hash().map(|h| h.0),
+                entries,
             })
         }
         wire::Body::Reload => {
@@ -229,6 +238,69 @@ fn string_list(
     v.iter()
         .map(|s| string(Some(s), what, limits.max_string_bytes))
         .collect()
+}
+
+fn tree_entries(
+    v: Vector<'_, ForwardsUOffset<wire::Entry<'_>>>,
+    limits: &Limits,
+) -> Result<Vec<crate::Entry>, ProtoError> {
+    if v.len() > limits.max_tree_entries {
+        return Err(too_large("tree entries", v.len(), limits.max_tree_entries));
+    }
+    v.iter()
+        .map(|e| {
+            let kind = match e.kind() {
+                wire::EntryKind::File => crate::EntryKind::File,
+                wire::EntryKind::Dir => crate::EntryKind::Dir,
+                wire::EntryKind::Symlink => crate::EntryKind::Symlink,
+                other => {
+                    return Err(ProtoError::Malformed(format!(
+                        "unknown tree entry kind {}",
+                        other.0
+                    )));
+                }
+            };
+            Ok(crate::Entry {
+                path: string(Some(e.path()), "entry path", crate::MAX_PATH_BYTES)?,
+                kind,
+                size: e.size(),
+                mode: e.mode(),
+                mtime_ns: e.mtime_ns(),
+                target: string(e.target(), "symlink target", crate::MAX_PATH_BYTES)?,
+                hash: e.hash().map(|h| h.0),
+            })
+        })
+        .collect()
+}
+
+fn entry_list<'f>(
+    fbb: &mut Fbb<'f>,
+    entries: &Option<Vec<crate::Entry>>,
+) -> Option<WIPOffset<Vector<'f, ForwardsUOffset<wire::Entry<'f>>>>> {
+    let list = entries.as_ref()?;
+    let offs: Vec<_> = list
+        .iter()
+        .map(|e| {
+            let path = fbb.create_string(&e.path);
+            let target = (!e.target.is_empty()).then(|| fbb.create_string(&e.target));
+            let hash = e.hash.map(wire::Hash);
+            let args = wire::EntryArgs {
+                path: Some(path),
+                kind: match e.kind {
+                    crate::EntryKind::File => wire::EntryKind::File,
+                    crate::EntryKind::Dir => wire::EntryKind::Dir,
+                    crate::EntryKind::Symlink => wire::EntryKind::Symlink,
+                },
+                size: e.size,
+                mode: e.mode,
+                mtime_ns: e.mtime_ns,
+                target,
+                hash: hash.as_ref(),
+            };
+            wire::Entry::create(fbb, &args)
+        })
+        .collect();
+    Some(fbb.create_vector(&offs))
 }
 
 fn file_name(name: &str, limits: &Limits) -> Result<String, ProtoError> {
@@ -493,6 +565,7 @@ fn build_frame(fbb: &mut Fbb<'_>, frame: &Frame) {
         Body::Offer(o) => {
             let id = wire::TransferId(o.transfer_id);
             let hash = o.file_hash.map(wire::Hash);
+            let entries = entry_list(fbb, &o.entries);
             let args = wire::OfferArgs {
                 transfer_id: Some(&id),
                 name: Some(fbb.create_string(&o.name)),
@@ -501,6 +574,7 @@ fn build_frame(fbb: &mut Fbb<'_>, frame: &Frame) {
                 mode: o.mode,
                 chunk_size: o.chunk_size,
                 file_hash: hash.as_ref(),
+                entries,
             };
             (
                 wire::Body::Offer,

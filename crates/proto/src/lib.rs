@@ -4,6 +4,7 @@
 #![warn(missing_docs)]
 
 mod codec;
+mod entries;
 mod error;
 mod limits;
 mod name;
@@ -32,6 +33,9 @@ mod types;
 mod generated;
 
 pub use codec::{Encoder, decode, encode};
+pub use entries::{
+    Entry, EntryKind, MAX_PATH_BYTES, check_link_target, path_components, validate_tree,
+};
 pub use error::ProtoError;
 pub use limits::Limits;
 pub use name::{MAX_NAME_BYTES, validate_name};

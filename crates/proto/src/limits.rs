@@ -15,6 +15,9 @@ pub struct Limits {
     pub max_list_items: usize,
     /// Longest Reject/Error/Verdict message or Bye reason, in bytes (default 1024).
     pub max_message_bytes: usize,
+    /// Most entries in an Offer's directory tree (default 2^20; the frame
+    /// size bounds it too).
+    pub max_tree_entries: usize,
 }
 
 impl Default for Limits {
@@ -27,6 +30,7 @@ impl Default for Limits {
             max_string_bytes: 255,
             max_list_items: 64,
             max_message_bytes: 1024,
+            max_tree_entries: 1 << 20,
         }
     }
 }

@@ -54,6 +54,9 @@ pub struct Offer {
     pub chunk_size: u32,
     /// BLAKE3 of the whole file, if already known.
     pub file_hash: Option<Hash>,
+    /// A directory tree (`name` is its root, `size` the sum of its files),
+    /// checked by [`validate_tree`](crate::validate_tree); `None` for a file.
+    pub entries: Option<Vec<crate::Entry>>,
 }
 
 /// Sender resumes a transfer it holds state for.

@@ -662,3 +662,58 @@ fn max_size_data_frame_fits_in_max_frame_bytes() {
     };
     assert_eq!(d.data.len(), payload.len());
 }
+
+fn tree_entry(path: &str, kind: EntryKind, size: u64, target: &str) -> Entry {
+    Entry {
+        path: path.into(),
+        kind,
+        size,
+        mode: 0o644,
+        mtime_ns: 0,
+        target: target.into(),
+        hash: None,
+    }
+}
+
+#[test]
+fn rejects_a_tree_that_would_write_outside_its_root() {
+    let cases: Vec<(Vec<Entry>, u64)> = vec![
+        (vec![tree_entry("..", EntryKind::File, 10, "")], 10),
+        (vec![tree_entry("../x", EntryKind::File, 10, "")], 10),
+        (vec![tree_entry("/etc/x", EntryKind::File, 10, "")], 10),
+        (
+            vec![
+                tree_entry("d", EntryKind::Dir, 0, ""),
+                tree_entry("d/l", EntryKind::Symlink, 0, "../../etc"),
+            ],
+            0,
+        ),
+        (vec![tree_entry("l", EntryKind::Symlink, 0, "/etc")], 0),
+        (vec![tree_entry("a/b", EntryKind::File, 10, "")], 10),
+        (vec![tree_entry("a", EntryKind::File, 9, "")], 10),
+    ];
+    for (entries, size) in cases {
+        let what = format!("{entries:?}");
+        let buf = with_offer(|o| {
+            o.size = size;
+            o.entries = Some(entries);
+        });
+        assert!(decode_slice(&buf).is_err(), "accepted {what}");
+    }
+}
+
+#[test]
+fn an_empty_tree_is_a_tree_and_no_tree_is_a_file() {
+    let buf = with_offer(|o| {
+        o.size = 0;
+        o.entries = Some(vec![]);
+    });
+    let Body::Offer(o) = decode_slice(&buf).unwrap().body else {
+        unreachable!()
+    };
+    assert_eq!(o.entries, Some(vec![]));
+    let Body::Offer(o) = decode_slice(&with_offer(|_| {})).unwrap().body else {
+        unreachable!()
+    };
+    assert_eq!(o.entries, None);
+}

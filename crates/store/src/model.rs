@@ -106,6 +106,9 @@ pub struct TransferRecord {
     pub created_at_ms: i64,
     /// When the record last changed, ms since the epoch.
     pub updated_at_ms: i64,
+    /// Recv side of a directory tree: its entry list, as the encoded Offer
+    /// frame (decoded and checked again when used). `None` for a file.
+    pub tree: Option<Vec<u8>>,
 }
 
 /// A frame the interrupt handler saved with its metadata.

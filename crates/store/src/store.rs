@@ -17,6 +17,7 @@ use gateway_proto::{Hash, RangeSet, TransferId};
 const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../../migrations/0001_init.sql")),
     M::up(include_str!("../../../migrations/0002_discovery.sql")),
+    M::up(include_str!("../../../migrations/0003_trees.sql")),
 ];
 
 /// How long a statement waits for another connection's lock.
@@ -24,7 +25,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Columns of `transfers`, in the order [`RawTransfer::from_row`] reads them.
 const TRANSFER_COLUMNS: &str = "id, direction, peer, path, name, size, mtime_ns, mode, \
-     chunk_size, file_hash, state, durable, created_at_ms, updated_at_ms";
+     chunk_size, file_hash, state, durable, created_at_ms, updated_at_ms, tree";
 
 /// The node's database: transfers and their durable chunk sets, chunk hashes,
 /// saved frames, peers and link statistics.
@@ -107,8 +108,8 @@ impl Store {
         self.conn
             .prepare_cached(
                 "INSERT INTO transfers (id, direction, peer, path, name, size, mtime_ns, mode,
-                     chunk_size, file_hash, state, durable, created_at_ms, updated_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                     chunk_size, file_hash, state, durable, created_at_ms, updated_at_ms, tree)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             )?
             .execute(params![
                 &t.id[..],
@@ -125,6 +126,7 @@ impl Store {
                 t.durable.to_blob(),
                 t.created_at_ms,
                 t.updated_at_ms,
+                t.tree.as_deref(),
             ])?;
         Ok(())
     }
@@ -744,6 +746,7 @@ struct RawTransfer {
     durable: Vec<u8>,
     created_at_ms: i64,
     updated_at_ms: i64,
+    tree: Option<Vec<u8>>,
 }
 
 impl RawTransfer {
@@ -763,6 +766,7 @@ impl RawTransfer {
             durable: r.get(11)?,
             created_at_ms: r.get(12)?,
             updated_at_ms: r.get(13)?,
+            tree: r.get(14)?,
         })
     }
 
@@ -792,6 +796,7 @@ impl RawTransfer {
             durable: decode_durable(&self.durable, &id)?,
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
+            tree: self.tree,
         })
     }
 }

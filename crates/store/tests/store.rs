@@ -37,6 +37,7 @@ fn record(id: [u8; 16], direction: Direction) -> TransferRecord {
         durable: RangeSet::new(),
         created_at_ms: 1_000,
         updated_at_ms: 1_000,
+        tree: None,
     }
 }
 
@@ -82,7 +83,7 @@ fn migrations_apply_to_a_fresh_file() {
     let (_dir, path) = temp_db();
     let store = Store::open(&path).unwrap();
     assert_eq!(store.path(), Some(path.as_path()));
-    assert_eq!(user_version(&path), 2);
+    assert_eq!(user_version(&path), 3);
     let tables: Vec<String> = raw(&path)
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
         .unwrap()
@@ -112,7 +113,7 @@ fn migrations_are_idempotent_on_reopen() {
     drop(Store::open(&path).unwrap());
     drop(Store::open(&path).unwrap());
     let store = Store::open(&path).unwrap();
-    assert_eq!(user_version(&path), 2);
+    assert_eq!(user_version(&path), 3);
     store.insert_transfer(&record(ID, Direction::Send)).unwrap();
 }
 
@@ -709,7 +710,7 @@ fn a_version_1_database_is_upgraded_keeping_its_peers() {
         .unwrap();
     }
     let store = Store::open(&path).unwrap();
-    assert_eq!(user_version(&path), 2);
+    assert_eq!(user_version(&path), 3);
     let p = store.peer("old-peer").unwrap().unwrap();
     assert_eq!(
         (p.name.as_str(), p.trust.as_str(), p.flag),
@@ -720,4 +721,15 @@ fn a_version_1_database_is_upgraded_keeping_its_peers() {
             .add_static_addr("nas", "tcp:10.0.0.1:7878", 3)
             .unwrap()
     );
+}
+
+#[test]
+fn a_received_trees_entry_list_round_trips() {
+    let (_dir, path) = temp_db();
+    let store = Store::open(&path).unwrap();
+    let mut r = record(ID, Direction::Recv);
+    r.tree = Some(vec![1, 2, 3, 0, 255]);
+    store.insert_transfer(&r).unwrap();
+    let back = store.get_transfer(&ID, Direction::Recv).unwrap().unwrap();
+    assert_eq!(back.tree, Some(vec![1, 2, 3, 0, 255]));
 }

@@ -324,6 +324,95 @@ impl<'a> ::flatbuffers::Verifiable for ErrorCode {
 
 impl ::flatbuffers::SimpleToVerifyInSlice for ErrorCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MIN_ENTRY_KIND: u8 = 0;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+pub const ENUM_MAX_ENTRY_KIND: u8 = 2;
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
+#[allow(non_camel_case_types)]
+pub const ENUM_VALUES_ENTRY_KIND: [EntryKind; 3] = [
+  EntryKind::File,
+  EntryKind::Dir,
+  EntryKind::Symlink,
+];
+
+/// What a tree entry is.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[repr(transparent)]
+pub struct EntryKind(pub u8);
+#[allow(non_upper_case_globals)]
+impl EntryKind {
+  pub const File: Self = Self(0);
+  pub const Dir: Self = Self(1);
+  pub const Symlink: Self = Self(2);
+
+  pub const ENUM_MIN: u8 = 0;
+  pub const ENUM_MAX: u8 = 2;
+  pub const ENUM_VALUES: &'static [Self] = &[
+    Self::File,
+    Self::Dir,
+    Self::Symlink,
+  ];
+  /// Returns the variant's name or "" if unknown.
+  pub fn variant_name(self) -> Option<&'static str> {
+    match self {
+      Self::File => Some("File"),
+      Self::Dir => Some("Dir"),
+      Self::Symlink => Some("Symlink"),
+      _ => None,
+    }
+  }
+}
+impl ::core::fmt::Debug for EntryKind {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter) -> ::core::fmt::Result {
+    if let Some(name) = self.variant_name() {
+      f.write_str(name)
+    } else {
+      f.write_fmt(format_args!("<UNKNOWN {:?}>", self.0))
+    }
+  }
+}
+impl<'a> ::flatbuffers::Follow<'a> for EntryKind {
+  type Inner = Self;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    let b = unsafe { ::flatbuffers::read_scalar_at::<u8>(buf, loc) };
+    Self(b)
+  }
+}
+
+impl ::flatbuffers::Push for EntryKind {
+    type Output = EntryKind;
+    #[inline]
+    unsafe fn push(&self, dst: &mut [u8], _written_len: usize) {
+        unsafe { ::flatbuffers::emplace_scalar::<u8>(dst, self.0) };
+    }
+}
+
+impl ::flatbuffers::EndianScalar for EntryKind {
+  type Scalar = u8;
+  #[inline]
+  fn to_little_endian(self) -> u8 {
+    self.0.to_le()
+  }
+  #[inline]
+  #[allow(clippy::wrong_self_convention)]
+  fn from_little_endian(v: u8) -> Self {
+    let b = u8::from_le(v);
+    Self(b)
+  }
+}
+
+impl<'a> ::flatbuffers::Verifiable for EntryKind {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    u8::run_verifier(v, pos)
+  }
+}
+
+impl ::flatbuffers::SimpleToVerifyInSlice for EntryKind {}
+#[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_BODY: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MAX_BODY: u8 = 14;
@@ -952,6 +1041,211 @@ impl ::core::fmt::Debug for Hello<'_> {
       ds.finish()
   }
 }
+pub enum EntryOffset {}
+#[derive(Copy, Clone, PartialEq)]
+
+/// One entry of a directory tree. The tree's files, in list order, are
+/// concatenated into one byte stream: the transfer's chunks cut that stream.
+pub struct Entry<'a> {
+  pub _tab: ::flatbuffers::Table<'a>,
+}
+
+impl<'a> ::flatbuffers::Follow<'a> for Entry<'a> {
+  type Inner = Entry<'a>;
+  #[inline]
+  unsafe fn follow(buf: &'a [u8], loc: usize) -> Self::Inner {
+    Self { _tab: unsafe { ::flatbuffers::Table::new(buf, loc) } }
+  }
+}
+
+impl<'a> Entry<'a> {
+  pub const VT_PATH: ::flatbuffers::VOffsetT = 4;
+  pub const VT_KIND: ::flatbuffers::VOffsetT = 6;
+  pub const VT_SIZE: ::flatbuffers::VOffsetT = 8;
+  pub const VT_MODE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_MTIME_NS: ::flatbuffers::VOffsetT = 12;
+  pub const VT_TARGET: ::flatbuffers::VOffsetT = 14;
+  pub const VT_HASH: ::flatbuffers::VOffsetT = 16;
+
+  #[inline]
+  pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
+    Entry { _tab: table }
+  }
+  #[allow(unused_mut)]
+  pub fn create<'bldr: 'args, 'args: 'mut_bldr, 'mut_bldr, A: ::flatbuffers::Allocator + 'bldr>(
+    _fbb: &'mut_bldr mut ::flatbuffers::FlatBufferBuilder<'bldr, A>,
+    args: &'args EntryArgs<'args>
+  ) -> ::flatbuffers::WIPOffset<Entry<'bldr>> {
+    let mut builder = EntryBuilder::new(_fbb);
+    builder.add_mtime_ns(args.mtime_ns);
+    builder.add_size(args.size);
+    if let Some(x) = args.hash { builder.add_hash(x); }
+    if let Some(x) = args.target { builder.add_target(x); }
+    builder.add_mode(args.mode);
+    if let Some(x) = args.path { builder.add_path(x); }
+    builder.add_kind(args.kind);
+    builder.finish()
+  }
+
+
+  /// Relative path, '/'-separated; every component is a valid file name.
+  #[inline]
+  pub fn path(&self) -> &'a str {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Entry::VT_PATH, None).unwrap()}
+  }
+  #[inline]
+  pub fn kind(&self) -> EntryKind {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<EntryKind>(Entry::VT_KIND, Some(EntryKind::File)).unwrap()}
+  }
+  /// Bytes (files only).
+  #[inline]
+  pub fn size(&self) -> u64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u64>(Entry::VT_SIZE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn mode(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Entry::VT_MODE, Some(0)).unwrap()}
+  }
+  #[inline]
+  pub fn mtime_ns(&self) -> i64 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<i64>(Entry::VT_MTIME_NS, Some(0)).unwrap()}
+  }
+  /// Where a symlink points (relative, inside the tree).
+  #[inline]
+  pub fn target(&self) -> Option<&'a str> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Entry::VT_TARGET, None)}
+  }
+  /// BLAKE3 of a file's content, so a receiver that holds it already keeps it.
+  #[inline]
+  pub fn hash(&self) -> Option<&'a Hash> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<Hash>(Entry::VT_HASH, None)}
+  }
+}
+
+impl ::flatbuffers::Verifiable for Entry<'_> {
+  #[inline]
+  fn run_verifier(
+    v: &mut ::flatbuffers::Verifier, pos: usize
+  ) -> Result<(), ::flatbuffers::InvalidFlatbuffer> {
+    v.visit_table(pos)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("path", Self::VT_PATH, true)?
+     .visit_field::<EntryKind>("kind", Self::VT_KIND, false)?
+     .visit_field::<u64>("size", Self::VT_SIZE, false)?
+     .visit_field::<u32>("mode", Self::VT_MODE, false)?
+     .visit_field::<i64>("mtime_ns", Self::VT_MTIME_NS, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("target", Self::VT_TARGET, false)?
+     .visit_field::<Hash>("hash", Self::VT_HASH, false)?
+     .finish();
+    Ok(())
+  }
+}
+pub struct EntryArgs<'a> {
+    pub path: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub kind: EntryKind,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime_ns: i64,
+    pub target: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub hash: Option<&'a Hash>,
+}
+impl<'a> Default for EntryArgs<'a> {
+  #[inline]
+  fn default() -> Self {
+    EntryArgs {
+      path: None, // required field
+      kind: EntryKind::File,
+      size: 0,
+      mode: 0,
+      mtime_ns: 0,
+      target: None,
+      hash: None,
+    }
+  }
+}
+
+pub struct EntryBuilder<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> {
+  fbb_: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>,
+  start_: ::flatbuffers::WIPOffset<::flatbuffers::TableUnfinishedWIPOffset>,
+}
+impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> EntryBuilder<'a, 'b, A> {
+  #[inline]
+  pub fn add_path(&mut self, path: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Entry::VT_PATH, path);
+  }
+  #[inline]
+  pub fn add_kind(&mut self, kind: EntryKind) {
+    self.fbb_.push_slot::<EntryKind>(Entry::VT_KIND, kind, EntryKind::File);
+  }
+  #[inline]
+  pub fn add_size(&mut self, size: u64) {
+    self.fbb_.push_slot::<u64>(Entry::VT_SIZE, size, 0);
+  }
+  #[inline]
+  pub fn add_mode(&mut self, mode: u32) {
+    self.fbb_.push_slot::<u32>(Entry::VT_MODE, mode, 0);
+  }
+  #[inline]
+  pub fn add_mtime_ns(&mut self, mtime_ns: i64) {
+    self.fbb_.push_slot::<i64>(Entry::VT_MTIME_NS, mtime_ns, 0);
+  }
+  #[inline]
+  pub fn add_target(&mut self, target: ::flatbuffers::WIPOffset<&'b  str>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Entry::VT_TARGET, target);
+  }
+  #[inline]
+  pub fn add_hash(&mut self, hash: &Hash) {
+    self.fbb_.push_slot_always::<&Hash>(Entry::VT_HASH, hash);
+  }
+  #[inline]
+  pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> EntryBuilder<'a, 'b, A> {
+    let start = _fbb.start_table();
+    EntryBuilder {
+      fbb_: _fbb,
+      start_: start,
+    }
+  }
+  #[inline]
+  pub fn finish(self) -> ::flatbuffers::WIPOffset<Entry<'a>> {
+    let o = self.fbb_.end_table(self.start_);
+    self.fbb_.required(o, Entry::VT_PATH,"path");
+    ::flatbuffers::WIPOffset::new(o.value())
+  }
+}
+
+impl ::core::fmt::Debug for Entry<'_> {
+  fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+    let mut ds = f.debug_struct("Entry");
+      ds.field("path", &self.path());
+      ds.field("kind", &self.kind());
+      ds.field("size", &self.size());
+      ds.field("mode", &self.mode());
+      ds.field("mtime_ns", &self.mtime_ns());
+      ds.field("target", &self.target());
+      ds.field("hash", &self.hash());
+      ds.finish()
+  }
+}
 pub enum OfferOffset {}
 #[derive(Copy, Clone, PartialEq)]
 
@@ -976,6 +1270,7 @@ impl<'a> Offer<'a> {
   pub const VT_MODE: ::flatbuffers::VOffsetT = 12;
   pub const VT_CHUNK_SIZE: ::flatbuffers::VOffsetT = 14;
   pub const VT_FILE_HASH: ::flatbuffers::VOffsetT = 16;
+  pub const VT_ENTRIES: ::flatbuffers::VOffsetT = 18;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -989,6 +1284,7 @@ impl<'a> Offer<'a> {
     let mut builder = OfferBuilder::new(_fbb);
     builder.add_mtime_ns(args.mtime_ns);
     builder.add_size(args.size);
+    if let Some(x) = args.entries { builder.add_entries(x); }
     if let Some(x) = args.file_hash { builder.add_file_hash(x); }
     builder.add_chunk_size(args.chunk_size);
     builder.add_mode(args.mode);
@@ -1047,6 +1343,15 @@ impl<'a> Offer<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<Hash>(Offer::VT_FILE_HASH, None)}
   }
+  /// Present for a directory: `name` is the tree's root, `size` the sum of
+  /// its files' sizes.
+  #[inline]
+  pub fn entries(&self) -> Option<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Entry<'a>>>> {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Entry>>>>(Offer::VT_ENTRIES, None)}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Offer<'_> {
@@ -1062,6 +1367,7 @@ impl ::flatbuffers::Verifiable for Offer<'_> {
      .visit_field::<u32>("mode", Self::VT_MODE, false)?
      .visit_field::<u32>("chunk_size", Self::VT_CHUNK_SIZE, false)?
      .visit_field::<Hash>("file_hash", Self::VT_FILE_HASH, false)?
+     .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, ::flatbuffers::ForwardsUOffset<Entry>>>>("entries", Self::VT_ENTRIES, false)?
      .finish();
     Ok(())
   }
@@ -1074,6 +1380,7 @@ pub struct OfferArgs<'a> {
     pub mode: u32,
     pub chunk_size: u32,
     pub file_hash: Option<&'a Hash>,
+    pub entries: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, ::flatbuffers::ForwardsUOffset<Entry<'a>>>>>,
 }
 impl<'a> Default for OfferArgs<'a> {
   #[inline]
@@ -1086,6 +1393,7 @@ impl<'a> Default for OfferArgs<'a> {
       mode: 0,
       chunk_size: 0,
       file_hash: None,
+      entries: None,
     }
   }
 }
@@ -1124,6 +1432,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> OfferBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<&Hash>(Offer::VT_FILE_HASH, file_hash);
   }
   #[inline]
+  pub fn add_entries(&mut self, entries: ::flatbuffers::WIPOffset<::flatbuffers::Vector<'b , ::flatbuffers::ForwardsUOffset<Entry<'b >>>>) {
+    self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Offer::VT_ENTRIES, entries);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> OfferBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     OfferBuilder {
@@ -1150,6 +1462,7 @@ impl ::core::fmt::Debug for Offer<'_> {
       ds.field("mode", &self.mode());
       ds.field("chunk_size", &self.chunk_size());
       ds.field("file_hash", &self.file_hash());
+      ds.field("entries", &self.entries());
       ds.finish()
   }
 }

@@ -32,6 +32,7 @@ pub fn every_variant() -> Vec<Frame> {
                 mode: 0o644,
                 chunk_size: 1 << 20,
                 file_hash: Some(HASH),
+                entries: None,
             }),
         ),
         (
@@ -44,6 +45,48 @@ pub fn every_variant() -> Vec<Frame> {
                 mode: 0,
                 chunk_size: 1,
                 file_hash: None,
+                entries: None,
+            }),
+        ),
+        (
+            Stream::File,
+            Body::Offer(Offer {
+                transfer_id: ID,
+                name: "photos".into(),
+                size: 12,
+                mtime_ns: 1,
+                mode: 0o755,
+                chunk_size: 1 << 20,
+                file_hash: None,
+                entries: Some(vec![
+                    Entry {
+                        path: "2024".into(),
+                        kind: EntryKind::Dir,
+                        size: 0,
+                        mode: 0o755,
+                        mtime_ns: 3,
+                        target: String::new(),
+                        hash: None,
+                    },
+                    Entry {
+                        path: "2024/a b ü.jpg".into(),
+                        kind: EntryKind::File,
+                        size: 12,
+                        mode: 0o600,
+                        mtime_ns: -4,
+                        target: String::new(),
+                        hash: Some(HASH),
+                    },
+                    Entry {
+                        path: "latest".into(),
+                        kind: EntryKind::Symlink,
+                        size: 0,
+                        mode: 0o777,
+                        mtime_ns: 0,
+                        target: "2024/a b ü.jpg".into(),
+                        hash: None,
+                    },
+                ]),
             }),
         ),
         (
@@ -177,6 +220,7 @@ pub fn offer(name: &str) -> Frame {
             mode: 0o600,
             chunk_size: 4,
             file_hash: None,
+            entries: None,
         }),
     }
 }
