@@ -11,6 +11,7 @@ use gateway_node::serve::{ServeEvent, ServeOptions};
 use gateway_node::{NodeConfig, NodeError, NodeState};
 use tokio::sync::watch;
 
+mod config;
 mod demo;
 mod peers;
 mod progress;
@@ -32,15 +33,13 @@ struct Cli {
     /// Only errors; no progress bars.
     #[arg(short, long, global = true)]
     quiet: bool,
-    /// Who may exchange files with this node: paired (default), tofu (first key seen per name is pinned), any (labs).
-    #[arg(
-        long,
-        global = true,
-        env = "GATEWAY_TRUST",
-        value_name = "POLICY",
-        default_value = "paired"
-    )]
-    trust: gateway_secure::TrustPolicy,
+    /// Who may exchange files with this node: paired (default), tofu (first key seen per name is pinned), any (labs). Env GATEWAY_TRUST.
+    #[arg(long, global = true, value_name = "POLICY")]
+    trust: Option<gateway_secure::TrustPolicy>,
+    /// Configuration file (TOML; `gateway config show` prints every setting).
+    /// Default: $XDG_CONFIG_HOME/gateway/config.toml, if present.
+    #[arg(long, global = true, env = "GATEWAY_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     /// The name this node tells peers (Hello, mDNS). Default: the host name.
     #[arg(long, global = true, env = "GATEWAY_NAME", value_name = "NAME")]
     name: Option<String>,
@@ -96,14 +95,26 @@ enum PeersCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum ConfigCmd {
+    /// Every setting with its value and where it came from (default, file,
+    /// env, flag); the output is itself a valid config file.
+    Show {
+        /// JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Cmd {
     /// Receive files into DIR on every --listen selector.
     Serve {
-        /// Where received files land.
+        /// Where received files land (default: serve.dir in the config file).
         #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        /// Where to listen, e.g. tcp:0.0.0.0:7878 (repeat for several links).
-        #[arg(long, value_name = "SEL", default_value = "tcp:0.0.0.0:7878")]
+        dir: Option<PathBuf>,
+        /// Where to listen, e.g. tcp:0.0.0.0:7878 (repeat for several links;
+        /// default: serve.listen in the config file, else tcp:0.0.0.0:7878).
+        #[arg(long, value_name = "SEL")]
         listen: Vec<String>,
         /// Do not advertise this node over mDNS (_gateway._tcp).
         #[arg(long)]
@@ -111,8 +122,8 @@ enum Cmd {
         /// When a name that lands is taken: rename (keep both: "name (1).ext"),
         /// overwrite (replace it atomically) or skip (keep what is there).
         /// A file already there with the same content is always kept as is.
-        #[arg(long, value_name = "POLICY", default_value = "rename")]
-        on_conflict: gateway_node::dirtree::Conflict,
+        #[arg(long, value_name = "POLICY")]
+        on_conflict: Option<gateway_node::dirtree::Conflict>,
     },
     /// Send PATH to a peer (by name or id: every path to it) or over every --to link at once.
     Send {
@@ -181,6 +192,11 @@ enum Cmd {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// The merged configuration: defaults, config file, environment, flags.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
     },
     /// Two nodes in one process, two real loopback TCP links, one generated file.
     Demo {
@@ -293,25 +309,70 @@ fn stop_signal() -> watch::Receiver<bool> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    let mut ctx = Ctx {
+    let mut loaded = config::Loaded::load(cli.config.as_deref(), &|v| std::env::var(v).ok())?;
+    if let Some(t) = cli.trust {
+        loaded.settings.node.trust = t;
+        loaded.flag("node.trust");
+    }
+    if let Cmd::Serve {
+        dir,
+        listen,
+        no_mdns,
+        on_conflict,
+    } = &cli.cmd
+    {
+        let s = &mut loaded.settings;
+        if let Some(d) = dir {
+            s.serve_dir = Some(d.clone());
+            loaded.flag("serve.dir");
+        }
+        if !listen.is_empty() {
+            loaded.settings.serve_listen = listen.clone();
+            loaded.flag("serve.listen");
+        }
+        if *no_mdns {
+            loaded.settings.serve_mdns = false;
+            loaded.flag("serve.mdns");
+        }
+        if let Some(c) = on_conflict {
+            loaded.settings.node.on_conflict = *c;
+            loaded.flag("serve.on_conflict");
+        }
+    }
+    let settings = loaded.settings.clone();
+    let ctx = Ctx {
         state_dir: state_dir(&cli.state),
         name: cli.name,
         node_type: cli.node_type,
-        cfg: NodeConfig {
-            trust: cli.trust,
-            ..NodeConfig::default()
-        },
+        cfg: settings.node.clone(),
         quiet: cli.quiet,
     };
     match cli.cmd {
-        Cmd::Serve {
-            dir,
-            listen,
-            no_mdns,
-            on_conflict,
+        Cmd::Serve { .. } => {
+            let Some(dir) = settings.serve_dir.clone() else {
+                bail!(
+                    "where should files land? give --dir DIR, or set `dir` under [serve] in the config file ({})",
+                    config::default_path()
+                        .map_or("--config FILE".into(), |p| p.display().to_string())
+                );
+            };
+            serve(
+                &ctx,
+                dir,
+                settings.serve_listen.clone(),
+                settings.serve_mdns,
+            )
+            .await
+        }
+        Cmd::Config {
+            cmd: ConfigCmd::Show { json },
         } => {
-            ctx.cfg.on_conflict = on_conflict;
-            serve(&ctx, dir, listen, !no_mdns).await
+            if json {
+                println!("{}", loaded.json());
+            } else {
+                print!("{}", loaded.show());
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Send {
             path,
