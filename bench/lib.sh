@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Helpers shared by bench/loopback.sh and bench/rss.sh (sourced, not executed).
+# Helpers shared by the bench/*.sh scripts (sourced, not executed).
 #
 # Every background process is started through bg_start and killed by PID in
 # cleanup; every file lives under $WORK (a mktemp dir), removed on exit.
@@ -157,3 +157,29 @@ median() {
 
 git_rev() { git -C "$ROOT" rev-parse --short=12 HEAD 2>/dev/null || echo unknown; }
 git_dirty() { [ -n "$(git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null)" ] && echo true || echo false; }
+
+# Wait until process $1 has $2 open (a PTY a listener opened, say), at most
+# $3 seconds (default 10). Returns 1 if it never did or the process died.
+wait_open() {
+  local pid=$1 path=$2 lim=${3:-10} i f
+  for ((i = 0; i < lim * 40; i++)); do
+    kill -0 "$pid" 2>/dev/null || return 1
+    for f in /proc/"$pid"/fd/*; do
+      [ "$(readlink "$f" 2>/dev/null)" = "$path" ] && return 0
+    done
+    sleep 0.025
+  done
+  return 1
+}
+
+# Install package $2 with apt-get if command $1 is missing (root or sudo).
+need_cmd() {
+  command -v "$1" >/dev/null && return 0
+  local sudo=()
+  [ "$(id -u)" = 0 ] || sudo=(sudo)
+  log "$1 missing; installing $2 with apt-get"
+  { DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$2" >/dev/null 2>&1 ||
+    { "${sudo[@]}" apt-get update -qq >/dev/null 2>&1 &&
+      DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq "$2" >/dev/null 2>&1; }; } ||
+    die "cannot install $2 (apt-get install $2)"
+}
