@@ -12,6 +12,7 @@ use gateway_node::{NodeConfig, NodeError, NodeState};
 use tokio::sync::watch;
 
 mod config;
+mod control;
 mod demo;
 mod peers;
 mod progress;
@@ -91,6 +92,24 @@ enum PeersCmd {
         /// Only these.
         #[arg(value_name = "SEL")]
         selectors: Vec<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TransfersCmd {
+    /// Run a saved send again (to the same receiver, found by its id).
+    Resume {
+        /// The transfer id, or at least 4 hex digits of it (`gateway transfers`).
+        id: String,
+        /// Print one JSON object with the result as the last stdout line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a transfer on this node (the receiving side also deletes what
+    /// arrived so far). Run it on the other node too.
+    Cancel {
+        /// The transfer id, or at least 4 hex digits of it.
+        id: String,
     },
 }
 
@@ -188,10 +207,19 @@ enum Cmd {
         json: bool,
     },
     /// Unfinished transfers with their progress.
+    #[command(args_conflicts_with_subcommands = true)]
     Transfers {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        action: Option<TransfersCmd>,
+    },
+    /// USER_STOP to the running `send`/`serve` processes of this state
+    /// directory: they save their state and exit (a rerun resumes).
+    Stop {
+        /// Only these: `send`, `serve`, or a process id (default: all).
+        what: Option<String>,
     },
     /// The merged configuration: defaults, config file, environment, flags.
     Config {
@@ -379,19 +407,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             to,
             json,
             no_mdns,
-        } => {
-            let state = ctx.open()?;
-            let reg = Arc::new(gateway_node::registry::default_registry());
-            let quiet = ctx.quiet || json;
-            let (opts, found) =
-                peers::send_targets(&state, &ctx.cfg, reg.clone(), path, to, !no_mdns, quiet)
-                    .await?;
-            let mut report =
-                send_with_progress(state, ctx.cfg.clone(), reg, opts, quiet, None).await?;
-            report.discovery_ms = found.map(|d| d.as_millis() as u64);
-            print_report(&report, json);
-            Ok(ExitCode::SUCCESS)
-        }
+        } => run_send(&ctx, path, to, json, !no_mdns).await,
         Cmd::Pair { code, listen, to } => peers::pair(&ctx, code, listen, to).await,
         Cmd::Id { json } => peers::id(&ctx, json),
         Cmd::Peers {
@@ -406,7 +422,57 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Trust { id } => peers::set(&ctx, &id, true),
         Cmd::Untrust { id } => peers::set(&ctx, &id, false),
         Cmd::Links { json } => links(json).await,
-        Cmd::Transfers { json } => transfers(&ctx.state_dir, json),
+        Cmd::Transfers { json, action: None } => transfers(&ctx.state_dir, json),
+        Cmd::Transfers {
+            action: Some(TransfersCmd::Resume { id, json }),
+            ..
+        } => {
+            let rec = gateway_node::transfers::find(&ctx.open()?, &id)?;
+            if rec.direction != gateway_store::Direction::Send {
+                bail!(
+                    "this node receives {} ({}); the sender resumes it: run the same send there again, or `gateway transfers resume` on it",
+                    rec.name,
+                    &hex::encode(rec.id)[..8]
+                );
+            }
+            // The receiver is found again by its node id (mDNS, static and known addresses).
+            run_send(
+                &ctx,
+                PathBuf::from(&rec.path),
+                vec![rec.peer.clone()],
+                json,
+                true,
+            )
+            .await
+        }
+        Cmd::Transfers {
+            action: Some(TransfersCmd::Cancel { id }),
+            ..
+        } => {
+            let state = ctx.open()?;
+            let rec = gateway_node::transfers::find(&state, &id)?;
+            let removed = gateway_node::transfers::cancel(&state, &rec)?;
+            println!(
+                "cancelled {} {} ({}){}",
+                rec.direction,
+                rec.name,
+                &hex::encode(rec.id)[..8],
+                if removed.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        "; deleted {}",
+                        removed
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                }
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Stop { what } => stop(&ctx.state_dir, what.as_deref()),
         Cmd::Demo {
             size,
             links,
@@ -432,7 +498,69 @@ fn open_state(dir: &std::path::Path) -> Result<NodeState> {
         .with_context(|| format!("cannot open the state directory {}", dir.display()))
 }
 
+/// `gateway send` (and `transfers resume`): find the receiver, send, report.
+async fn run_send(
+    ctx: &Ctx,
+    path: PathBuf,
+    to: Vec<String>,
+    json: bool,
+    mdns: bool,
+) -> Result<ExitCode> {
+    let state = ctx.open()?;
+    let _running = control::register(&ctx.state_dir, "send", &path);
+    let reg = Arc::new(gateway_node::registry::default_registry());
+    let quiet = ctx.quiet || json;
+    let (opts, found) =
+        peers::send_targets(&state, &ctx.cfg, reg.clone(), path, to, mdns, quiet).await?;
+    let mut report = send_with_progress(state, ctx.cfg.clone(), reg, opts, quiet, None).await?;
+    report.discovery_ms = found.map(|d| d.as_millis() as u64);
+    print_report(&report, json);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `gateway stop [send|serve|PID]`.
+fn stop(state_dir: &std::path::Path, what: Option<&str>) -> Result<ExitCode> {
+    let all = control::list(state_dir);
+    let targets: Vec<_> = match what {
+        None => all,
+        Some(c @ ("send" | "serve")) => all.into_iter().filter(|r| r.command == c).collect(),
+        Some(pid) => {
+            let pid: u32 = pid
+                .parse()
+                .with_context(|| format!("{pid:?}: give send, serve or a process id"))?;
+            all.into_iter().filter(|r| r.pid == pid).collect()
+        }
+    };
+    if targets.is_empty() {
+        println!(
+            "nothing to stop: no gateway {} runs on {}",
+            what.unwrap_or("send or serve"),
+            state_dir.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (stopped, left) = control::stop(&targets, std::time::Duration::from_secs(15))?;
+    for r in &stopped {
+        println!(
+            "stopped {} {} (pid {}); its state is saved",
+            r.command, r.path, r.pid
+        );
+    }
+    for r in &left {
+        eprintln!(
+            "gateway: {} {} (pid {}) is still saving after 15 s; it exits when done",
+            r.command, r.path, r.pid
+        );
+    }
+    Ok(if left.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 async fn serve(ctx: &Ctx, dir: PathBuf, listen: Vec<String>, advertise: bool) -> Result<ExitCode> {
+    let _running = control::register(&ctx.state_dir, "serve", &dir);
     let quiet = ctx.quiet;
     let mut stop = stop_signal();
     let state = ctx.open()?;

@@ -1107,3 +1107,127 @@ fn a_wrong_pairing_code_fails_on_both_sides_and_trusts_nobody() {
     );
     listener.kill9();
 }
+
+/// Runs `gateway ARGS` to completion as a tracked process and returns it.
+fn run_ok(what: &str, args: &[String], others: &[&Proc]) -> Finished {
+    let mut p = Proc::spawn(what, args);
+    let out = p.finish(SEND_TIMEOUT, others);
+    if !out.status.success() {
+        fail(
+            &format!(
+                "{what}: expected exit 0, got {:?}; stdout:\n{}",
+                out.status, out.stdout
+            ),
+            &[&p],
+            others,
+        );
+    }
+    out
+}
+
+fn last_json(out: &Finished) -> Value {
+    let last = out.stdout.lines().rev().find(|l| !l.trim().is_empty());
+    serde_json::from_str(last.unwrap_or(""))
+        .unwrap_or_else(|e| panic!("expected a JSON last line ({e}); stdout:\n{}", out.stdout))
+}
+
+#[test]
+fn gateway_stop_saves_a_running_send_and_transfers_resume_finishes_it() {
+    let _g = heavy();
+    let t = setup();
+    let size = 64 * MIB;
+    let want = make_file(&t.src, size);
+    let (recv, sels) = serve(&t.recv_state, &t.inbox, 1);
+    let mut sender = Proc::spawn(
+        "gateway send (rate-capped, to be stopped)",
+        &send_args(&t.send_state, &t.src, &with_rate(&sels, "20MB")),
+    );
+    wait_durable(&t.recv_state, 8 * MIB, &mut sender, &recv);
+    let out = run_ok(
+        "gateway stop send",
+        &[
+            "--state".into(),
+            s(&t.send_state),
+            "stop".into(),
+            "send".into(),
+        ],
+        &[&sender, &recv],
+    );
+    assert!(out.stdout.contains("stopped send"), "{}", out.stdout);
+    let out = sender.finish(Duration::from_secs(30), &[&recv]);
+    assert_eq!(out.status.code(), Some(130), "a stopped send exits 130");
+    let saved = transfers(&t.send_state);
+    assert_eq!(saved.len(), 1, "the stopped send is saved: {saved:?}");
+    let id = saved[0]["id"].as_str().unwrap()[..8].to_string();
+    // Nothing is left to stop.
+    let out = run_ok(
+        "gateway stop (nothing)",
+        &["--state".into(), s(&t.send_state), "stop".into()],
+        &[&recv],
+    );
+    assert!(out.stdout.contains("nothing to stop"), "{}", out.stdout);
+
+    let out = run_ok(
+        "gateway transfers resume",
+        &[
+            "--state".into(),
+            s(&t.send_state),
+            "transfers".into(),
+            "resume".into(),
+            id,
+            "--json".into(),
+        ],
+        &[&recv],
+    );
+    let report = last_json(&out);
+    check_resumed(&report, size, &[&recv]);
+    check_delivered(&t, &report, size, &want, &[&recv]);
+}
+
+#[test]
+fn transfers_cancel_forgets_both_sides_and_deletes_the_partial_file() {
+    let _g = heavy();
+    let t = setup();
+    let size = 64 * MIB;
+    make_file(&t.src, size);
+    let (mut recv, sels) = serve(&t.recv_state, &t.inbox, 1);
+    let mut sender = Proc::spawn(
+        "gateway send (rate-capped, to be stopped)",
+        &send_args(&t.send_state, &t.src, &with_rate(&sels, "20MB")),
+    );
+    wait_durable(&t.recv_state, 4 * MIB, &mut sender, &recv);
+    sender.signal(Signal::SIGTERM);
+    sender.finish(Duration::from_secs(30), &[&recv]);
+    recv.signal(Signal::SIGTERM);
+    recv.finish(Duration::from_secs(30), &[]);
+    assert_eq!(
+        part_files(&t.inbox).len(),
+        1,
+        "a part file waits for the rest"
+    );
+    for state in [&t.send_state, &t.recv_state] {
+        let saved = transfers(state);
+        assert_eq!(saved.len(), 1, "{saved:?}");
+        let id = saved[0]["id"].as_str().unwrap()[..6].to_string();
+        let out = run_ok(
+            "gateway transfers cancel",
+            &[
+                "--state".into(),
+                s(state),
+                "transfers".into(),
+                "cancel".into(),
+                id,
+            ],
+            &[],
+        );
+        assert!(out.stdout.contains("cancelled"), "{}", out.stdout);
+        assert!(transfers(state).is_empty(), "the record is gone");
+    }
+    assert!(
+        part_files(&t.inbox).is_empty(),
+        "the partial file was deleted"
+    );
+    let bad = gateway(&["--state", &s(&t.send_state), "transfers", "cancel", "zz"]);
+    assert!(!bad.status.success());
+    assert!(bad.stderr.contains("not a transfer id"), "{}", bad.stderr);
+}

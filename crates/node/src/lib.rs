@@ -15,6 +15,7 @@ pub mod registry;
 pub mod send;
 pub mod serve;
 pub mod state;
+pub mod transfers;
 pub mod tree;
 pub mod trust;
 pub mod wire;
