@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use gateway_node::send::{SendOptions, SendProgress, SendReport};
 use gateway_node::serve::{ServeEvent, ServeOptions};
 use gateway_node::{NodeConfig, NodeError, NodeState};
@@ -14,6 +14,7 @@ use tokio::sync::watch;
 mod config;
 mod control;
 mod demo;
+mod docs;
 mod peers;
 mod progress;
 
@@ -21,6 +22,86 @@ mod progress;
 pub const EXIT_PAUSED: u8 = 75;
 /// Exit code: stopped by the user (Ctrl-C, SIGTERM); state is saved, rerun to resume.
 pub const EXIT_STOPPED: u8 = 130;
+/// Exit code: anything else that went wrong; the message says what to do.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code: the command line was wrong (clap's own code for usage errors).
+pub const EXIT_USAGE: u8 = 2;
+
+/// Every exit code, for `--help`, the man page (EXIT STATUS) and README's
+/// "Exit codes", which must say the same.
+pub(crate) const EXIT_CODES: &[(u8, &str)] = &[
+    (
+        0,
+        "Done: the file or directory arrived with its hash verified, or the command did what it says.",
+    ),
+    (EXIT_ERROR, "Error; the message says what to do."),
+    (
+        EXIT_USAGE,
+        "Bad command line: unknown option or command, missing or invalid value.",
+    ),
+    (
+        EXIT_PAUSED,
+        "Paused: no link for too long, or the receiver's disk is full. State saved; run the same command again to resume.",
+    ),
+    (
+        EXIT_STOPPED,
+        "Stopped by the user (Ctrl-C, SIGTERM); also how serve ends. State saved; run the same command again to resume.",
+    ),
+];
+
+/// Every environment variable gateway reads, for `--help` and the man page.
+pub(crate) const ENVIRONMENT: &[(&str, &str)] = &[
+    (
+        "GATEWAY_STATE",
+        "State directory, as --state (default $XDG_STATE_HOME/gateway).",
+    ),
+    (
+        "GATEWAY_NAME",
+        "The name this node tells peers, as --name (default the host name).",
+    ),
+    (
+        "GATEWAY_TYPE",
+        "What kind of machine this is, as --type (default a guess from DMI or the device tree).",
+    ),
+    (
+        "GATEWAY_TRUST",
+        "Trust policy, as --trust: paired, tofu or any.",
+    ),
+    (
+        "GATEWAY_CONFIG",
+        "Configuration file, as --config (default $XDG_CONFIG_HOME/gateway/config.toml).",
+    ),
+    (
+        "GATEWAY_<SECTION>_<KEY>",
+        "Any setting of the config file, e.g. GATEWAY_ENGINE_CHUNK_SIZE_BYTES=262144 (`gateway config show` lists them).",
+    ),
+    (
+        "RUST_LOG",
+        "Log filter, overriding -v and -q, e.g. gateway_node=debug.",
+    ),
+    (
+        "XDG_STATE_HOME",
+        "Where the default state directory lives (default ~/.local/state).",
+    ),
+    (
+        "XDG_CONFIG_HOME",
+        "Where the default config file lives (default ~/.config).",
+    ),
+];
+
+/// The clap definition with exit codes and environment in `--help`;
+/// parsing, completions and the man page all use this one.
+pub(crate) fn cli_command() -> clap::Command {
+    let mut after = String::from("Exit status:\n");
+    for (code, meaning) in EXIT_CODES {
+        after.push_str(&format!("  {code:<5}{meaning}\n"));
+    }
+    after.push_str("\nEnvironment:\n");
+    for (var, meaning) in ENVIRONMENT {
+        after.push_str(&format!("  {var:<16}{meaning}\n"));
+    }
+    Cli::command().after_long_help(after)
+}
 
 #[derive(Parser, Debug)]
 #[command(name = "gateway", version, about = "Move one file over every link two Linux boxes share — TCP, USB, Bluetooth — at once.", long_about = None)]
@@ -31,8 +112,8 @@ struct Cli {
     /// More logs (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
-    /// Only errors; no progress bars.
-    #[arg(short, long, global = true)]
+    /// Only errors on stderr: no progress bars, no notes (results on stdout stay).
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
     quiet: bool,
     /// Who may exchange files with this node: paired (default), tofu (first key seen per name is pinned), any (labs). Env GATEWAY_TRUST.
     #[arg(long, global = true, value_name = "POLICY")]
@@ -80,6 +161,8 @@ enum PeersCmd {
     /// (AP isolation, VLANs, VPNs, multicast filtered).
     Add {
         /// The peer's name (as it calls itself).
+        // Its own id: under "name" it would shadow the global --name here.
+        #[arg(id = "peer", value_name = "NAME")]
         name: String,
         /// Its links, e.g. tcp:10.8.0.2:7878.
         #[arg(required = true, value_name = "SEL")]
@@ -88,6 +171,7 @@ enum PeersCmd {
     /// Forget static addresses of NAME (all of them, or the ones given).
     Remove {
         /// The peer's name.
+        #[arg(id = "peer", value_name = "NAME")]
         name: String,
         /// Only these.
         #[arg(value_name = "SEL")]
@@ -244,6 +328,24 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Print the shell completion script for SHELL to stdout.
+    #[command(
+        after_help = "Install, e.g.:\n  gateway completions bash > ~/.local/share/bash-completion/completions/gateway\n  gateway completions zsh > ~/.zfunc/_gateway   # with fpath+=(~/.zfunc) before compinit\n  gateway completions fish > ~/.config/fish/completions/gateway.fish"
+    )]
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) for gateway and every command to stdout.
+    #[command(
+        after_help = "Install, e.g.:\n  gateway man > ~/.local/share/man/man1/gateway.1\n  gateway man --dir /usr/share/man/man1   # also gateway-send.1, gateway-serve.1, …"
+    )]
+    Man {
+        /// Instead, write gateway.1 and one page per command (gateway-send.1,
+        /// gateway-peers-add.1, …) into DIR and print their paths.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// Keep 1 MiB frame buffers on the heap and the heap untrimmed: by default
@@ -266,7 +368,7 @@ fn tune_allocator() {}
 
 fn main() -> ExitCode {
     tune_allocator();
-    let cli = Cli::parse();
+    let cli = Cli::from_arg_matches(&cli_command().get_matches()).unwrap_or_else(|e| e.exit());
     init_tracing(cli.verbose, cli.quiet);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -275,7 +377,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_ERROR);
         }
     };
     match rt.block_on(run(cli)) {
@@ -284,7 +386,7 @@ fn main() -> ExitCode {
             let code = match e.downcast_ref::<NodeError>() {
                 Some(NodeError::Paused(_)) => EXIT_PAUSED,
                 Some(NodeError::Stopped) => EXIT_STOPPED,
-                _ => 1,
+                _ => EXIT_ERROR,
             };
             eprintln!("error: {e:#}");
             ExitCode::from(code)
@@ -473,6 +575,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Stop { what } => stop(&ctx.state_dir, what.as_deref()),
+        Cmd::Completions { shell } => docs::completions(shell, cli_command()),
+        Cmd::Man { dir } => docs::man(cli_command(), dir.as_deref()),
         Cmd::Demo {
             size,
             links,
@@ -801,5 +905,35 @@ mod tests {
         assert_eq!(parse_size("10MB").unwrap(), 10_000_000);
         assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
         assert!(parse_size("12 parsecs").is_err());
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        cli_command().debug_assert();
+    }
+
+    /// Every `env = "…"` of every option is documented in ENVIRONMENT (man
+    /// page, --help), so a new one cannot be left out.
+    #[test]
+    fn every_env_var_an_option_reads_is_documented() {
+        fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                if let Some(v) = a.get_env() {
+                    out.push(v.to_string_lossy().into_owned());
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                walk(sub, out);
+            }
+        }
+        let mut vars = Vec::new();
+        walk(&cli_command(), &mut vars);
+        assert!(vars.iter().any(|v| v == "GATEWAY_STATE"), "{vars:?}");
+        for v in vars {
+            assert!(
+                ENVIRONMENT.iter().any(|(name, _)| *name == v),
+                "{v} is read by an option but missing from ENVIRONMENT"
+            );
+        }
     }
 }

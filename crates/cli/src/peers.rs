@@ -101,7 +101,7 @@ pub(crate) async fn list(ctx: &Ctx, json: bool, browse_s: f64) -> Result<ExitCod
         println!("{}", serde_json::Value::Array(rows));
         return Ok(ExitCode::SUCCESS);
     }
-    if peers.is_empty() {
+    if peers.is_empty() && statics.is_empty() {
         println!(
             "no peers known yet; start `gateway serve` on another node on this network, or `gateway peers add NAME tcp:HOST:7878`"
         );
@@ -282,14 +282,17 @@ pub(crate) async fn pair(
             }
             let code = PairingCode::generate();
             let id = st.node_id.clone();
+            let quiet = ctx.quiet;
             gateway_node::pair::listen(&st, &cfg, reg, &listen, &code, |sel| {
-                eprintln!("gateway: this node is {id}");
-                eprintln!("gateway: waiting on {sel}; on the other node run:");
-                eprintln!(
-                    "    gateway pair {} --to tcp:<this-host>:{}",
-                    code.as_str(),
-                    sel.rsplit(':').next().unwrap_or("7879")
-                );
+                if !quiet {
+                    eprintln!("gateway: this node is {id}");
+                    eprintln!("gateway: waiting on {sel}; on the other node run:");
+                    eprintln!(
+                        "    gateway pair {} --to tcp:<this-host>:{}",
+                        code.as_str(),
+                        sel.rsplit(':').next().unwrap_or("7879")
+                    );
+                }
                 println!("{}", code.as_str());
             })
             .await?
@@ -304,6 +307,8 @@ pub(crate) async fn pair(
             gateway_node::pair::connect(&st, &cfg, reg, &to, &code).await?
         }
     };
+    // Even with --quiet: the words are the result, and comparing them is
+    // what makes the pairing safe.
     eprintln!(
         "gateway: paired with {} ({}); check that both sides show the same words: {}",
         result.peer_name, result.peer_id, result.sas

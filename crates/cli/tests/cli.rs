@@ -1231,3 +1231,297 @@ fn transfers_cancel_forgets_both_sides_and_deletes_the_partial_file() {
     assert!(!bad.status.success());
     assert!(bad.stderr.contains("not a transfer id"), "{}", bad.stderr);
 }
+
+// ------------------------------------------- completions, man page, conventions
+
+/// The commands `gateway --help` lists (without `help`): the tests below
+/// check every one of them, so a new command cannot be forgotten.
+fn subcommand_names() -> Vec<String> {
+    let out = gateway(&["--help"]);
+    assert!(
+        out.status.success(),
+        "gateway --help: expected exit 0, got {:?}; stderr:\n{}",
+        out.status,
+        out.stderr
+    );
+    let names: Vec<String> = out
+        .stdout
+        .lines()
+        .skip_while(|l| l.trim() != "Commands:")
+        .skip(1)
+        .take_while(|l| !l.trim().is_empty())
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| *n != "help")
+        .map(str::to_string)
+        .collect();
+    for want in ["serve", "send", "peers", "completions", "man"] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "gateway --help: expected {want:?} among the commands, got {names:?} from:\n{}",
+            out.stdout
+        );
+    }
+    names
+}
+
+fn ok(out: &Finished, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what}: expected exit 0, got {:?}; stderr:\n{}",
+        out.status,
+        out.stderr
+    );
+}
+
+#[test]
+fn bash_completions_name_every_subcommand_and_every_shell_gets_a_script() {
+    let names = subcommand_names();
+    let bash = gateway(&["completions", "bash"]);
+    ok(&bash, "completions bash");
+    assert!(
+        bash.stdout.contains("complete -F _gateway"),
+        "completions bash: expected a bash `complete` registration, got:\n{}",
+        bash.stdout
+    );
+    for n in names.iter().map(String::as_str).chain(["add", "remove"]) {
+        assert!(
+            bash.stdout.split_whitespace().any(|w| w == n)
+                || bash.stdout.contains(&format!("gateway__{n}")),
+            "completions bash: expected the command {n:?} in the script"
+        );
+    }
+    for shell in ["zsh", "fish", "elvish", "powershell"] {
+        let out = gateway(&["completions", shell]);
+        ok(&out, &format!("completions {shell}"));
+        assert!(
+            out.stdout.contains("send") && out.stdout.contains("--to"),
+            "completions {shell}: expected `send` and `--to` in the script, got:\n{}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn completions_for_an_unknown_shell_exit_2_and_list_the_known_ones() {
+    let out = gateway(&["completions", "tcsh"]);
+    assert_error(
+        &out,
+        2,
+        &["tcsh", "bash", "zsh", "fish", "powershell"],
+        "completions tcsh",
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "completions tcsh: expected nothing on stdout, got:\n{}",
+        out.stdout
+    );
+}
+
+/// The codes listed under `.SH "EXIT STATUS"` in a man page.
+fn man_exit_codes(page: &str) -> Vec<u8> {
+    page.lines()
+        .skip_while(|l| *l != ".SH \"EXIT STATUS\"")
+        .skip(1)
+        .take_while(|l| !l.starts_with(".SH"))
+        .filter_map(|l| l.strip_prefix("\\fB")?.strip_suffix("\\fR")?.parse().ok())
+        .collect()
+}
+
+/// `groff -man -ww` has nothing to say about `page` (skipped without groff).
+fn groff_is_happy(page: &Path) {
+    match Command::new("groff")
+        .args(["-man", "-ww", "-z"])
+        .arg(page)
+        .output()
+    {
+        Ok(o) => assert!(
+            o.status.success() && o.stderr.is_empty(),
+            "groff -man -ww {}: {:?}\n{}",
+            page.display(),
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(_) => eprintln!(
+            "SKIPPED: groff not installed; {} not typeset",
+            page.display()
+        ),
+    }
+}
+
+#[test]
+fn man_is_roff_with_a_section_per_subcommand_exit_status_and_environment() {
+    let names = subcommand_names();
+    let out = gateway(&["man"]);
+    ok(&out, "man");
+    let page = out.stdout;
+    assert!(
+        page.lines().any(|l| l.starts_with(".TH GATEWAY 1 ")),
+        "man: expected a .TH GATEWAY 1 title, got:\n{page}"
+    );
+    for h in ["NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "COMMANDS"] {
+        assert!(
+            page.lines().any(|l| l == format!(".SH {h}")),
+            "man: expected a {h} section, got:\n{page}"
+        );
+    }
+    for h in ["EXIT STATUS", "ENVIRONMENT"] {
+        assert!(
+            page.lines()
+                .any(|l| l == format!(".SH \"{h}\"") || l == format!(".SH {h}")),
+            "man: expected an {h} section, got:\n{page}"
+        );
+    }
+    for n in names
+        .iter()
+        .map(|n| n.to_string())
+        .chain(["peers add".into()])
+    {
+        assert!(
+            page.lines().any(|l| l == format!(".SS \"gateway {n}\"")),
+            "man: expected a subsection for `gateway {n}`, got:\n{page}"
+        );
+    }
+    assert_eq!(
+        man_exit_codes(&page),
+        vec![0, 1, 2, 75, 130],
+        "man: EXIT STATUS should list every code the binary uses"
+    );
+    for var in [
+        "GATEWAY_STATE",
+        "GATEWAY_NAME",
+        "GATEWAY_TYPE",
+        "GATEWAY_TRUST",
+        "RUST_LOG",
+    ] {
+        assert!(
+            page.contains(&format!("\\fB{var}\\fR")),
+            "man: expected {var} under ENVIRONMENT, got:\n{page}"
+        );
+    }
+    assert!(
+        page.is_ascii(),
+        "man: expected an ASCII page (groff escapes for the rest)"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("gateway.1");
+    std::fs::write(&file, &page).expect("write the page");
+    groff_is_happy(&file);
+}
+
+#[test]
+fn man_dir_writes_gateway_1_and_a_page_per_subcommand() {
+    let names = subcommand_names();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = gateway(&["man", "--dir", &s(dir.path())]);
+    ok(&out, "man --dir");
+    let whole = gateway(&["man"]);
+    let top = std::fs::read_to_string(dir.path().join("gateway.1")).expect("gateway.1");
+    assert_eq!(
+        top, whole.stdout,
+        "man --dir: gateway.1 should be the page `gateway man` prints"
+    );
+    for n in names
+        .iter()
+        .map(|n| n.to_string())
+        .chain(["peers-add".into(), "peers-remove".into()])
+    {
+        let path = dir.path().join(format!("gateway-{n}.1"));
+        let page = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("man --dir: expected {}: {e}", path.display()));
+        assert!(
+            out.stdout.lines().any(|l| l == s(&path)),
+            "man --dir: expected {} among the printed paths, got:\n{}",
+            path.display(),
+            out.stdout
+        );
+        assert_eq!(
+            man_exit_codes(&page),
+            vec![0, 1, 2, 75, 130],
+            "{}: EXIT STATUS",
+            path.display()
+        );
+        groff_is_happy(&path);
+    }
+}
+
+#[test]
+fn readme_exit_codes_are_the_ones_the_man_page_lists() {
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .expect("README.md");
+    let table: Vec<u8> = readme
+        .lines()
+        .skip_while(|l| *l != "### Exit codes")
+        .skip(1)
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| {
+            l.trim_start_matches('|')
+                .split('|')
+                .next()?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .collect();
+    let man = gateway(&["man"]);
+    ok(&man, "man");
+    assert_eq!(
+        table,
+        man_exit_codes(&man.stdout),
+        "README's Exit codes table and the man page's EXIT STATUS differ"
+    );
+}
+
+#[test]
+fn every_listing_command_prints_json_with_json() {
+    let t = setup_unpaired();
+    let state = s(&t.send_state);
+    for args in [
+        &["id", "--json"][..],
+        &["peers", "--browse", "0", "--json"],
+        &["links", "--json"],
+        &["transfers", "--json"],
+        &["config", "show", "--json"],
+    ] {
+        let out = gateway(&[&["--state", &state][..], args].concat());
+        let what = args.join(" ");
+        ok(&out, &what);
+        if let Err(e) = serde_json::from_str::<Value>(out.stdout.trim()) {
+            panic!(
+                "{what}: expected JSON on stdout ({e}), got:\n{}",
+                out.stdout
+            );
+        }
+    }
+}
+
+#[test]
+fn quiet_and_verbose_together_are_a_usage_error() {
+    let out = gateway(&["-q", "-v", "links"]);
+    assert_error(&out, 2, &["--quiet", "--verbose"], "-q -v");
+}
+
+#[test]
+fn peers_add_takes_the_global_name_option_after_the_command() {
+    let t = setup_unpaired();
+    let state = s(&t.send_state);
+    let out = gateway(&[
+        "--state",
+        &state,
+        "peers",
+        "add",
+        "nas",
+        "tcp:10.8.0.7:7878",
+        "--name",
+        "laptop",
+    ]);
+    ok(&out, "peers add … --name");
+    let listed = gateway(&["--state", &state, "peers", "--browse", "0"]);
+    ok(&listed, "peers");
+    assert!(
+        listed.stdout.contains("nas") && listed.stdout.contains("tcp:10.8.0.7:7878"),
+        "peers: expected the static address of nas, got:\n{}",
+        listed.stdout
+    );
+}
