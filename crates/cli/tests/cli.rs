@@ -796,6 +796,226 @@ fn sigterm_to_serve_mid_transfer_is_exit_130_and_rerun_resumes() {
     check_delivered(&t, &report, size, &want, &[&recv2, &recv]);
 }
 
+// ------------------------------------------------------------- trees (dirs)
+
+/// A tree of 300 files (a few bytes to ~40 KiB, ~6 MiB in all) in 6
+/// directories plus an empty one, each file's bytes distinct. Returns its
+/// listing (see `tree_listing`).
+fn make_tree(root: &Path) -> Vec<(String, Option<String>)> {
+    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+    std::fs::create_dir_all(root.join("empty")).expect("make the tree");
+    for i in 0..300u64 {
+        let dir = root.join(format!("d{}", i % 6));
+        std::fs::create_dir_all(&dir).expect("make the tree");
+        let len = 7 + (i * 137) % 40_000;
+        let mut data = Vec::with_capacity(len as usize);
+        while (data.len() as u64) < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            data.extend_from_slice(&x.to_le_bytes());
+        }
+        data.truncate(len as usize);
+        std::fs::write(dir.join(format!("f{i:03}.bin")), &data).expect("write the tree");
+    }
+    tree_listing(root)
+}
+
+/// Every entry under `root`, sorted: relative path and, for a file, its
+/// BLAKE3 (None for a directory).
+fn tree_listing(root: &Path) -> Vec<(String, Option<String>)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, Option<String>)>) {
+        let rd = std::fs::read_dir(dir)
+            .unwrap_or_else(|e| panic!("expected {} to be a directory: {e}", dir.display()));
+        for e in rd {
+            let p = e.expect("read the tree").path();
+            let rel = p.strip_prefix(root).expect("under root");
+            let rel = rel.to_string_lossy().into_owned();
+            if p.is_dir() {
+                out.push((rel, None));
+                walk(root, &p, out);
+            } else {
+                out.push((rel, Some(hash_of(&p))));
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out.sort();
+    out
+}
+
+fn tree_bytes(root: &Path, listing: &[(String, Option<String>)]) -> u64 {
+    listing
+        .iter()
+        .filter(|(_, h)| h.is_some())
+        .map(|(p, _)| std::fs::metadata(root.join(p)).expect("stat").len())
+        .sum()
+}
+
+/// A finished tree transfer: verdict ok, the sizes and file count in the
+/// report, the received tree equal to the source entry by entry, no staging
+/// directory and no record left on either side.
+fn check_tree_delivered(
+    t: &Setup,
+    src: &Path,
+    want: &[(String, Option<String>)],
+    report: &Value,
+    procs: &[&Proc],
+) {
+    let check = |ok: bool, what: String| {
+        if !ok {
+            fail(&format!("{what}\nreport: {report}"), procs, &[]);
+        }
+    };
+    let files = want.iter().filter(|(_, h)| h.is_some()).count() as u64;
+    let total = tree_bytes(src, want);
+    check(
+        report["verdict"] == "ok",
+        format!("verdict: expected \"ok\", got {}", report["verdict"]),
+    );
+    check(
+        u(report, "bytes_total") == total,
+        format!(
+            "bytes_total: expected {total}, got {}",
+            report["bytes_total"]
+        ),
+    );
+    check(
+        report["files"].as_u64() == Some(files),
+        format!("files: expected {files}, got {}", report["files"]),
+    );
+    let name = src.file_name().and_then(|n| n.to_str()).expect("a name");
+    check(
+        report["name"] == name,
+        format!("name: expected {name:?}, got {}", report["name"]),
+    );
+    let got = tree_listing(&t.inbox.join(name));
+    if got != want {
+        let missing: Vec<_> = want.iter().filter(|e| !got.contains(e)).take(5).collect();
+        let extra: Vec<_> = got.iter().filter(|e| !want.contains(e)).take(5).collect();
+        check(
+            false,
+            format!(
+                "received tree differs from the source ({} entries vs {}): \
+                 missing or different {missing:?}, unexpected {extra:?}",
+                got.len(),
+                want.len()
+            ),
+        );
+    }
+    let parts = part_files(&t.inbox);
+    check(
+        parts.is_empty(),
+        format!("expected no staging directory (*.gateway-part) left, got {parts:?}"),
+    );
+    for (who, st) in [("sender", &t.send_state), ("receiver", &t.recv_state)] {
+        let left = transfers(st);
+        check(
+            left.is_empty(),
+            format!("{who} transfers --json: expected [], got {left:?}"),
+        );
+    }
+}
+
+/// One checkpoint of a tree test's first run: at most `checkpoint_interval`
+/// (1 s) at the 1 MB/s cap, i.e. one 1 MiB chunk.
+const TREE_CHECKPOINT: u64 = MIB;
+
+/// The rerun of a tree: what the receiver held durably when the first run
+/// was killed came back as `bytes_resumed` (files already complete are not
+/// sent again), and `bytes_sent + bytes_resumed <= bytes_total + one
+/// checkpoint`.
+fn check_tree_resumed(report: &Value, durable_at_kill: u64, procs: &[&Proc]) {
+    let (sent, resumed, total) = (
+        u(report, "bytes_sent"),
+        u(report, "bytes_resumed"),
+        u(report, "bytes_total"),
+    );
+    if resumed == 0 || resumed < durable_at_kill {
+        fail(
+            &format!(
+                "bytes_resumed: expected > 0 and at least the {durable_at_kill} bytes durable \
+                 when the first run was killed, got {resumed}\nreport: {report}"
+            ),
+            procs,
+            &[],
+        );
+    }
+    if sent + resumed > total + TREE_CHECKPOINT {
+        fail(
+            &format!(
+                "bytes_sent + bytes_resumed: expected <= {total} + {TREE_CHECKPOINT} (total + one \
+                 checkpoint), got {sent} + {resumed} = {}\nreport: {report}",
+                sent + resumed
+            ),
+            procs,
+            &[],
+        );
+    }
+    eprintln!(
+        "tree resume accounting: sent {sent} + resumed {resumed} = {} for a total of {total} \
+         (durable at the kill: {durable_at_kill})",
+        sent + resumed
+    );
+}
+
+#[test]
+fn a_tree_whose_sender_is_killed_with_sigkill_resumes_on_rerun_without_resending_complete_files() {
+    let _g = heavy();
+    let t = setup();
+    let src = t.src.with_file_name("tree");
+    let want = make_tree(&src);
+    let (recv, sels) = serve(&t.recv_state, &t.inbox, 1);
+    let mut sender = Proc::spawn(
+        "gateway send DIR (1 MB/s, to be killed)",
+        &send_args(&t.send_state, &src, &with_rate(&sels, "1MB")),
+    );
+    let durable = wait_durable(&t.recv_state, 2 * MIB, &mut sender, &recv);
+    sender.kill9();
+    eprintln!("SIGKILLed the tree's sender with {durable} bytes durable at the receiver");
+    let mine = transfers(&t.send_state);
+    assert_eq!(
+        mine.len(),
+        1,
+        "sender transfers after SIGKILL: expected the unfinished tree, got {mine:?}"
+    );
+
+    let report = send_ok(&t.send_state, &src, &sels, &[&recv]);
+    check_tree_resumed(&report, durable, &[&recv]);
+    check_tree_delivered(&t, &src, &want, &report, &[&recv]);
+}
+
+#[test]
+fn a_tree_whose_receiver_is_killed_with_sigkill_resumes_after_restart() {
+    let _g = heavy();
+    let t = setup();
+    let src = t.src.with_file_name("tree");
+    let want = make_tree(&src);
+    let (mut recv, sels) = serve(&t.recv_state, &t.inbox, 1);
+    let mut sender = Proc::spawn(
+        "gateway send DIR (1 MB/s, outlives the receiver)",
+        &send_args(&t.send_state, &src, &with_rate(&sels, "1MB")),
+    );
+    let durable = wait_durable(&t.recv_state, 2 * MIB, &mut sender, &recv);
+    recv.kill9();
+    eprintln!("SIGKILLed the tree's receiver with at least {durable} bytes durable");
+    // The receiver's DB is the truth now (the kill may have come after a
+    // later checkpoint than the one polled).
+    let durable = transfers(&t.recv_state)
+        .iter()
+        .filter_map(|r| r["durable_bytes"].as_u64())
+        .max()
+        .unwrap_or(0)
+        .max(durable);
+    sender.kill9();
+
+    let recv2 = serve_again(&t.recv_state, &t.inbox, &sels);
+    let report = send_ok(&t.send_state, &src, &sels, &[&recv2, &recv]);
+    check_tree_resumed(&report, durable, &[&recv2, &recv]);
+    check_tree_delivered(&t, &src, &want, &report, &[&recv2, &recv]);
+}
+
 #[test]
 fn serve_stops_on_sigterm_with_exit_130() {
     let t = setup();
