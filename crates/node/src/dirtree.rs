@@ -151,11 +151,42 @@ fn mtime_ns(md: &std::fs::Metadata) -> i64 {
 /// tell whether the tree changed).
 pub(crate) fn scan(root: &Path, hash: bool) -> Result<Vec<Entry>, NodeError> {
     let mut out = Vec::new();
-    walk(root, "", hash, &mut out)?;
+    walk(root, "", &mut out)?;
+    if hash {
+        hash_files(root, &mut out)?;
+    }
     Ok(out)
 }
 
-fn walk(dir: &Path, prefix: &str, hash: bool, out: &mut Vec<Entry>) -> Result<(), NodeError> {
+/// BLAKE3 of every file entry, on every core: for many small files the
+/// opens and reads dominate, and they overlap well.
+fn hash_files(root: &Path, entries: &mut [Entry]) -> Result<(), NodeError> {
+    let mut files: Vec<&mut Entry> = entries
+        .iter_mut()
+        .filter(|e| e.kind == EntryKind::File)
+        .collect();
+    let threads = crate::tree::hash_threads().clamp(1, 8);
+    let per = files.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = files
+            .chunks_mut(per)
+            .map(|part| {
+                s.spawn(move || -> Result<(), NodeError> {
+                    for e in part {
+                        e.hash = Some(hash_path(&root.join(&e.path))?);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(NodeError::Other("hash thread panicked".into())))
+        })
+    })
+}
+
+fn walk(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<(), NodeError> {
     let mut names: Vec<std::ffi::OsString> = std::fs::read_dir(dir)
         .map_err(|e| NodeError::io(format!("cannot list {}", dir.display()), e))?
         .map(|d| d.map(|d| d.file_name()))
@@ -192,12 +223,9 @@ fn walk(dir: &Path, prefix: &str, hash: bool, out: &mut Vec<Entry>) -> Result<()
         if ft.is_dir() {
             e.kind = EntryKind::Dir;
             out.push(e);
-            walk(&path, &rel, hash, out)?;
+            walk(&path, &rel, out)?;
         } else if ft.is_file() {
             e.size = md.len();
-            if hash {
-                e.hash = Some(hash_path(&path)?);
-            }
             out.push(e);
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&path)
@@ -492,6 +520,11 @@ impl Staged {
     /// already there with the same content is kept as it is. Directories get
     /// their modes and times last, deepest first; everything is synced.
     pub(crate) fn land(&self, dest: &Path, policy: Conflict) -> Result<Landed, NodeError> {
+        if std::fs::symlink_metadata(dest).is_err()
+            && let Some(landed) = self.land_whole(dest)?
+        {
+            return Ok(landed);
+        }
         let mut landed = Landed::default();
         let io = |what: &str, p: &Path, e: io::Error| {
             NodeError::io(format!("{what} {}", p.display()), e)
@@ -614,6 +647,66 @@ impl Staged {
         }
         let _ = std::fs::remove_dir_all(&self.root);
         Ok(landed)
+    }
+}
+
+impl Staged {
+    /// A tree whose destination does not exist yet lands in one rename of
+    /// the whole staging directory: times, links and directory modes are
+    /// put in place inside it first. `None` if the destination appeared
+    /// meanwhile (then the caller merges file by file).
+    fn land_whole(&self, dest: &Path) -> Result<Option<Landed>, NodeError> {
+        let mut landed = Landed::default();
+        for e in self.layout.entries() {
+            let p = self.root.join(&e.path);
+            match e.kind {
+                EntryKind::File => {
+                    set_mtime(&p, e)?;
+                    landed.files += 1;
+                }
+                EntryKind::Symlink => {
+                    match std::fs::symlink_metadata(&p) {
+                        Ok(_) => {} // made before a crash
+                        Err(_) => std::os::unix::fs::symlink(&e.target, &p).map_err(|err| {
+                            NodeError::io(format!("cannot create {}", p.display()), err)
+                        })?,
+                    }
+                    landed.links += 1;
+                }
+                EntryKind::Dir => {}
+            }
+        }
+        for e in self.layout.entries().iter().rev() {
+            if e.kind == EntryKind::Dir {
+                apply_meta(&self.root.join(&e.path), e)?;
+                landed.dirs += 1;
+            }
+        }
+        if let Ok(d) = File::open(&self.root) {
+            let _ = d.sync_all();
+        }
+        match nix::fcntl::renameat2(
+            nix::fcntl::AT_FDCWD,
+            &self.root,
+            nix::fcntl::AT_FDCWD,
+            dest,
+            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => {}
+            Err(nix::errno::Errno::EEXIST) => return Ok(None),
+            Err(e) => {
+                return Err(NodeError::io(
+                    format!("cannot move {} to {}", self.root.display(), dest.display()),
+                    e.into(),
+                ));
+            }
+        }
+        if let Some(parent) = dest.parent()
+            && let Ok(d) = File::open(parent)
+        {
+            let _ = d.sync_all();
+        }
+        Ok(Some(landed))
     }
 }
 
