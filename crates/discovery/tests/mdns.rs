@@ -19,7 +19,14 @@ fn advert(name: &str, id: &str) -> Advert {
 
 /// A node id unique to this test run, so parallel runs do not see each other.
 fn unique_id(tag: char) -> String {
-    let n = std::process::id() as u64 * 1000 + Instant::now().elapsed().subsec_nanos() as u64;
+    // Distinct per call too: the flood test makes ids with the same tags as
+    // the other tests of this process, and two equal ids mix their records.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64);
+    let n = (std::process::id() as u64 * 1_000_003 + call * 7_919) ^ nanos;
     let alphabet = b"abcdefghijklmnopqrstuvwxyz234567";
     let mut s: String = std::iter::repeat_n(tag, 6).collect();
     let mut x = n;
@@ -76,7 +83,11 @@ async fn a_browser_finds_an_advertised_node_and_sees_it_leave() {
     eprintln!("found in {:?}: {s:?}", t0.elapsed());
     assert_eq!(s.advert.name, "finder-test");
     assert_eq!(s.advert.node_type, "server");
-    assert!(s.addrs.iter().all(|a| a.port() == 17878));
+    assert!(
+        s.addrs.iter().all(|a| a.port() == 17878),
+        "every address carries the advertised port: {:?}",
+        s.addrs
+    );
     assert!(!s.addrs.is_empty());
     let instance = s.instance.clone();
     adv.stop().await;
