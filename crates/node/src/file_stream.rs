@@ -97,6 +97,25 @@ impl Sink {
     }
 }
 
+/// What a reopened transfer still holds: its durable set, unless its part
+/// file (or staging directory) vanished — then nothing, and the DB forgets
+/// the chunks too, so it never claims bytes that are not on disk.
+fn held_unless_vanished(
+    state: &NodeState,
+    rec: &TransferRecord,
+    existed: bool,
+    place: &Path,
+) -> Result<RangeSet, NodeError> {
+    if existed {
+        return Ok(rec.durable.clone());
+    }
+    tracing::warn!(place = %place.display(), "what was received is gone; starting this transfer over");
+    state
+        .store()
+        .forget_chunks(&rec.id, Direction::Recv, &rec.durable)?;
+    Ok(RangeSet::new())
+}
+
 /// `.NAME.<first 8 hex of id>.gateway-part/`: where a tree is staged.
 pub(crate) fn stage_path(dir: &Path, name: &str, id: &TransferId) -> PathBuf {
     dir.join(format!(".{name}.{}.gateway-part", hex::encode(&id[..4])))
@@ -239,14 +258,7 @@ impl FileStream {
         }
         let existed = part.exists();
         let file = open_part(&part, rec.size)?;
-        let mut durable = rec.durable.clone();
-        if !existed {
-            tracing::warn!(part = %part.display(), "part file vanished; starting this transfer over");
-            durable = RangeSet::new();
-            state
-                .store()
-                .forget_chunks(&rec.id, Direction::Recv, &rec.durable)?;
-        }
+        let durable = held_unless_vanished(state, &rec, existed, &part)?;
         Ok(Self::from_parts(
             state,
             cfg,
@@ -283,14 +295,7 @@ impl FileStream {
         let stage = stage_path(dir, &rec.name, &rec.id);
         let existed = stage.exists();
         let staged = Staged::open(&stage, entries)?;
-        let mut durable = rec.durable.clone();
-        if !existed {
-            tracing::warn!(stage = %stage.display(), "staging directory vanished; starting this tree over");
-            durable = RangeSet::new();
-            state
-                .store()
-                .forget_chunks(&rec.id, Direction::Recv, &rec.durable)?;
-        }
+        let durable = held_unless_vanished(state, &rec, existed, &stage)?;
         Ok(Self::from_parts(
             state,
             cfg,
