@@ -265,14 +265,38 @@ gw_xfer() {
   for i in $paths; do to+=(--to "tcp:$BNET.$i.2:$PORT"); done
   out=$WORK/send.json
   t0=$(now)
-  local cut=""
+  local cut="" mon=""
   if [ -n "$down" ]; then
     (sleep "$DOWN_AT" && ip -n "$NA" link set "ml${down}a$$" down) &
     cut=$!
+    # Progress as the receiver sees it: the bytes written into its part
+    # file (allocated blocks of the sparse file), every 50 ms.
+    (while :; do
+       printf '%s %s\n' "$(now)" "$(stat -c '%b %B' "$in"/*.gateway-part 2> /dev/null | awk '{print $1 * $2}')"
+       sleep 0.05
+     done) > "$WORK/progress.txt" 2> /dev/null &
+    mon=$!
   fi
   ina "$GW" -q --state "$sa" send "$SRC" "${to[@]}" --json > "$out" || true
   t1=$(now)
   if [ -n "$cut" ]; then wait "$cut" 2> /dev/null || true; fi
+  if [ -n "$mon" ]; then
+    kill "$mon" 2> /dev/null || true
+    wait "$mon" 2> /dev/null || true
+    # The longest stretch before the send ended in which less than 1 MiB
+    # reached the receiver's disk: a stall, whatever the links did.
+    # Only stretches ending after the path went down count (the start of
+    # any transfer is handshakes and the first round trip).
+    STALL=$(awk -v end="$t1" -v from="$(awk -v a="$t0" -v d="$DOWN_AT" 'BEGIN{printf "%.3f", a+d}')" \
+      'BEGIN { n = 0 } $2 != "" && $1 <= end { t[n] = $1; b[n] = $2; n++ }
+      END { best = 0; j = 0
+            for (i = 0; i < n; i++) {
+              while (b[i] - b[j] >= 1048576) j++
+              if (t[i] >= from && t[i] - t[j] > best) best = t[i] - t[j]
+            }
+            printf "%.2f", best }' "$WORK/progress.txt")
+    log "longest stall with path $down down (< 1 MiB written by the receiver): ${STALL}s"
+  fi
   bg_stop "$s" 5 || true
   bg_forget "$s"
   rep=$(tail -n 1 "$out")
