@@ -88,18 +88,10 @@ RES=$WORK/results.tsv
 : > "$RES"
 # tool run wall_s status tcp_bytes serial_bytes tcp_mbps serial_mbps resent
 rec() { printf '%s\n' "$(IFS=$'\t'; echo "$*")" >> "$RES"; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.4f", b-a}'; }
 verify() {
   [ -f "$1" ] || { echo "FAIL(missing)"; return; }
   [ "$(stat -c %s "$1")" = "$BYTES" ] || { echo "FAIL(size $(stat -c %s "$1"))"; return; }
   [ "$(file_hash "$1")" = "$SRC_SHA" ] && echo ok || echo "FAIL(hash)"
-}
-wait_exit() { # pid t0 -> 0 if it exited within TIMEOUT s of t0
-  while kill -0 "$1" 2> /dev/null; do
-    awk -v t0="$2" -v t="$(now)" -v lim="$TIMEOUT" 'BEGIN{exit !(t - t0 > lim)}' && return 1
-    sleep 0.01
-  done
-  return 0
 }
 
 # A fresh paced line: sets S1 (serve's end), S2 (send's end), LINE (its PID).

@@ -12,6 +12,16 @@ WORK=""
 log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "FATAL: $*"; exit 1; }
 now() { date +%s.%N; }
+# Seconds from `now` $1 to `now` $2.
+secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.4f", b-a}'; }
+# Wait for PID $1 to exit, at most TIMEOUT s from $2 (a `now`); 0 if it did.
+wait_exit() {
+  while kill -0 "$1" 2> /dev/null; do
+    awk -v t0="$2" -v t="$(now)" -v lim="$TIMEOUT" 'BEGIN{exit !(t - t0 > lim)}' && return 1
+    sleep 0.01
+  done
+  return 0
+}
 
 # Start "$@" in the background; its PID lands in BG_LAST and in BG_PIDS.
 bg_start() { "$@" & BG_LAST=$!; BG_PIDS+=("$BG_LAST"); }

@@ -210,7 +210,6 @@ SRC_SHA=$(file_hash "$SRC")
 RES=$WORK/results.tsv
 : > "$RES"
 rec() { printf '%s\n' "$(IFS=$'\t'; echo "$*")" >> "$RES"; }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", b-a}'; }
 
 # A tiny receiver that keeps listening (MPTCP joins need the listener) and
 # writes one connection to a file; --mptcp makes it an MPTCP socket.

@@ -47,15 +47,6 @@ verify() { # DEST -> ok or FAIL(...)
 proc_cpu() {
   awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.3f", ($12 + $13) / hz }' "/proc/$1/stat" 2>/dev/null || echo nan
 }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.4f", b-a}'; }
-# Wait for PID $1 to exit, at most TIMEOUT s from $2 (a `now`); 0 if it did.
-wait_exit() {
-  while kill -0 "$1" 2>/dev/null; do
-    awk -v t0="$2" -v t="$(now)" -v lim="$TIMEOUT" 'BEGIN{exit !(t - t0 > lim)}' && return 1
-    sleep 0.01
-  done
-  return 0
-}
 
 # A fresh PTY pair: sets P1, P2 and CABLE (socat's PID).
 CABLE=""

@@ -100,7 +100,6 @@ proc_cpu() {
 proc_cpu_all() {
   awk -v hz="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); printf "%.3f", ($12 + $13 + $14 + $15) / hz }' "/proc/$1/stat" 2>/dev/null || echo nan
 }
-secs() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.4f", b-a}'; }
 
 # result line: tool run wall_s elapsed_s send_cpu_s recv_cpu_s status
 run_gateway() {
