@@ -366,6 +366,26 @@ fn tune_allocator() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_allocator() {}
 
+/// Whether a panic is `println!` finding stdout's reader gone.
+fn is_broken_pipe(payload: &(dyn std::any::Any + Send)) -> bool {
+    let text = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("");
+    text.contains("failed printing to stdout") && text.contains("Broken pipe")
+}
+
+/// A closed stdout is not a crash: no panic message for it (main exits 0).
+fn quiet_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_broken_pipe(info.payload()) {
+            default(info);
+        }
+    }));
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::from_arg_matches(&cli_command().get_matches()).unwrap_or_else(|e| e.exit());
@@ -380,7 +400,15 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
-    match rt.block_on(run(cli)) {
+    quiet_broken_pipe();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(run(cli))));
+    let outcome = match outcome {
+        Ok(o) => o,
+        // `gateway transfers | head -1`: the reader got what it wanted.
+        Err(p) if is_broken_pipe(&*p) => return ExitCode::SUCCESS,
+        Err(p) => std::panic::resume_unwind(p),
+    };
+    match outcome {
         Ok(code) => code,
         Err(e) => {
             let code = match e.downcast_ref::<NodeError>() {

@@ -1745,3 +1745,22 @@ fn peers_add_takes_the_global_name_option_after_the_command() {
         listed.stdout
     );
 }
+
+#[test]
+fn a_listing_whose_reader_went_away_exits_0_without_a_panic() {
+    let t = setup_unpaired();
+    for args in [&["links"][..], &["transfers"], &["config", "show"]] {
+        let mut child = Command::new(BIN)
+            .args([&["--state", &s(&t.send_state)][..], args].concat())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader leaves before the first byte is written.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
