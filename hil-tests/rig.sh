@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# The virtual hardware rig (../shared/HIL-RIG.md): a qemu guest (TCG) with a
+# stock Debian kernel, the host's / read-only over 9p under a tmpfs overlay.
+#
+#   hil-tests/rig.sh usb            # SIZE=16M; CDC-ACM pair from dummy_hcd + libcomposite
+#   SIZE=256M SKIP_BUILD=1 hil-tests/rig.sh usb
+#
+# usb: one guest holds both ends of a USB link: dummy_hcd num=2 + a configfs
+# gadget with one ACM function bound to dummy_udc.0, so /dev/ttyGS0 is the
+# gadget side and /dev/ttyACM0 (cdc_acm) the host side. In the guest: a raw
+# copy ACM0 -> GS0 (the ceiling), then `gateway serve --listen
+# serial:/dev/ttyGS0` + `gateway send FILE --to serial:/dev/ttyACM0 --json`;
+# the sha256 of what landed must match. Exit 0 only if it does.
+#
+# env: SIZE (default 16M, `head -c` units), SKIP_BUILD=1, GW (gateway binary;
+#      default $CARGO_TARGET_DIR/release/gateway), MEM (guest MiB, default
+#      SIZE-based), TIMEOUT (s for the whole guest run; default 900),
+#      RIG_CACHE (default target/hil-rig).
+# First run downloads into $RIG_CACHE: the Debian kernel package that
+# linux-image-amd64 depends on (apt-get download, dpkg -x, depmod -b) and
+# busybox-static; it apt-get installs qemu-system-x86, kmod and cpio if missing.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+MODE=${1:-}
+[ "$MODE" = usb ] || { echo "usage: $0 usb" >&2; exit 2; }
+CACHE=${RIG_CACHE:-$ROOT/target/hil-rig}
+SIZE=${SIZE:-16M}
+TIMEOUT=${TIMEOUT:-900}
+log() { echo "rig: $*" >&2; }
+die() { echo "rig: error: $*" >&2; exit 1; }
+
+# ---------- host tools ----------
+missing=()
+command -v qemu-system-x86_64 > /dev/null || missing+=(qemu-system-x86)
+command -v depmod > /dev/null || missing+=(kmod)   # depmod here; modprobe in the guest (host's /)
+command -v cpio > /dev/null || missing+=(cpio)
+if [ "${#missing[@]}" -gt 0 ]; then
+  log "installing ${missing[*]} with apt"
+  apt-cache policy qemu-system-x86 2> /dev/null | grep -q Candidate: || apt-get update -qq > /dev/null 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}" > "$CACHE.apt.log" 2>&1 \
+    || { mkdir -p "$CACHE"; die "apt-get install ${missing[*]} failed (see $CACHE.apt.log)"; }
+fi
+
+# ---------- gateway ----------
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+GW=${GW:-$CARGO_TARGET_DIR/release/gateway}
+if [ "${SKIP_BUILD:-}" != 1 ]; then
+  log "cargo build --release -p gateway (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+  (cd "$ROOT" && cargo build --release -p gateway -q) || die "build failed"
+fi
+[ -x "$GW" ] || die "no gateway binary at $GW"
+GW=$(readlink -f "$GW")
+
+# ---------- kernel, busybox (cached) ----------
+mkdir -p "$CACHE/dl"
+if [ ! -f "$CACHE/kernel.ok" ]; then
+  kpkg() { apt-cache depends linux-image-amd64 2> /dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
+  KPKG=$(kpkg)
+  [ -n "$KPKG" ] || { log "apt-get update (no package lists)"; apt-get update -qq > /dev/null 2>&1; KPKG=$(kpkg); }
+  [ -n "$KPKG" ] || die "apt-cache depends linux-image-amd64 named no kernel package"
+  log "downloading $KPKG and busybox-static into $CACHE/dl"
+  (cd "$CACHE/dl" && apt-get download "$KPKG" busybox-static 2> >(grep -v unsandboxed >&2)) || die "apt-get download failed"
+  rm -rf "$CACHE/kernel" "$CACHE/busybox"
+  dpkg -x "$CACHE"/dl/linux-image-*.deb "$CACHE/kernel"
+  dpkg -x "$CACHE"/dl/busybox-static_*.deb "$CACHE/busybox"
+  KVER=$(ls "$CACHE/kernel/lib/modules")
+  depmod -b "$CACHE/kernel" "$KVER"   # the package ships no modules.dep (its postinst makes it)
+  echo "$KVER" > "$CACHE/kernel.ok"
+fi
+KVER=$(cat "$CACHE/kernel.ok")
+KDIR=$CACHE/kernel/lib/modules/$KVER
+VMLINUZ=$CACHE/kernel/boot/vmlinuz-$KVER
+BUSYBOX=$CACHE/busybox/bin/busybox
+
+# ---------- initramfs (rebuilt when this script changes) ----------
+INITRD=$CACHE/initramfs-$KVER.cpio.gz
+if [ ! -f "$INITRD" ] || [ "$0" -nt "$INITRD" ]; then
+  log "building $INITRD"
+  IR=$CACHE/initramfs
+  rm -rf "$IR"; mkdir -p "$IR"/{bin,dev,proc,sys,ro,rw,newroot,mods}
+  cp "$BUSYBOX" "$IR/bin/busybox"
+  # The modules that reach the root, with their dependencies, in modules.dep order.
+  order=()
+  add_mod() { # path relative to KDIR
+    local p=$1 d line deps
+    for d in "${order[@]}"; do [ "$d" = "$p" ] && return 0; done
+    line=$(grep "^$p:" "$KDIR/modules.dep") || die "$p not in modules.dep"
+    deps=${line#*:}
+    local rev=() x
+    for x in $deps; do rev=("$x" "${rev[@]}"); done
+    for x in "${rev[@]}"; do add_mod "$x"; done
+    order+=("$p")
+  }
+  for m in virtio virtio_ring virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci 9pnet 9pnet_virtio netfs fscache 9p overlay; do
+    p=$(awk -F: -v m="$m" '{n=$1; sub(/.*\//, "", n); sub(/\.ko.*$/, "", n); gsub(/-/, "_", n); if (n==m) {print $1; exit}}' "$KDIR/modules.dep")
+    if [ -z "$p" ]; then grep -qw "$m" "$KDIR/modules.builtin" && continue; die "module $m not found"; fi
+    add_mod "$p"
+  done
+  : > "$IR/mods/order"
+  for p in "${order[@]}"; do cp "$KDIR/$p" "$IR/mods/"; basename "$p" >> "$IR/mods/order"; done
+  cat > "$IR/init" <<'EOF'
+#!/bin/busybox sh
+/bin/busybox --install -s /bin
+mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+for m in $(cat /mods/order); do insmod /mods/$m || echo "init: insmod $m failed"; done
+mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=262144 host /ro || { echo "init: 9p mount failed"; sh; }
+mount -t tmpfs -o size=90% tmpfs /rw; mkdir -p /rw/upper /rw/work
+mount -t overlay overlay -o lowerdir=/ro,upperdir=/rw/upper,workdir=/rw/work /newroot || { echo "init: overlay failed"; sh; }
+for d in proc sys dev; do mount --move /$d /newroot/$d; done
+STAGE2=$(sed -n 's/.*rig.stage2=\([^ ]*\).*/\1/p' /newroot/proc/cmdline)
+exec switch_root /newroot /bin/bash "$STAGE2"
+EOF
+  chmod +x "$IR/init"
+  (cd "$IR" && find . | cpio -o -H newc --quiet | gzip -1) > "$INITRD.tmp"
+  mv "$INITRD.tmp" "$INITRD"
+fi
+
+# ---------- run ----------
+RUN=$CACHE/run
+rm -rf "$RUN"; mkdir -p "$RUN"
+cat > "$RUN/env" <<EOF
+KVER=$KVER
+KDIR=$KDIR
+GW=$GW
+SIZE=$SIZE
+MODE=$MODE
+REVERSE=${REVERSE:-1}
+EOF
+BYTES=$(numfmt --from=iec "${SIZE%iB}")
+MEM=${MEM:-$((1024 + 4 * BYTES / 1048576))}
+log "booting $KVER (TCG, ${MEM} MiB), SIZE=$SIZE; console log $RUN/console.log"
+t0=$(date +%s.%N)
+rc=0
+timeout --kill-after=10 "$TIMEOUT" qemu-system-x86_64 \
+  -accel tcg,thread=multi -cpu max -smp 2 -m "$MEM" \
+  -display none -monitor none -no-reboot -vga none \
+  -kernel "$VMLINUZ" -initrd "$INITRD" \
+  -append "console=ttyS0 quiet panic=-1 rig.stage2=$ROOT/hil-tests/rig-guest.sh" \
+  -virtfs local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap \
+  -virtfs local,path="$RUN",mount_tag=out,security_model=none \
+  -serial file:"$RUN/console.log" -serial stdio \
+  < /dev/null || rc=$?
+t1=$(date +%s.%N)
+log "guest ran $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s (qemu rc=$rc)"
+if ! grep -q 'RIG-EXIT' "$RUN/console.log"; then
+  log "no exit marker; console tail:"; tail -n 30 "$RUN/console.log" >&2
+  exit 1
+fi
+grc=$(sed -n 's/.*RIG-EXIT \([0-9]*\).*/\1/p' "$RUN/console.log" | tail -n 1)
+[ -f "$RUN/result.txt" ] && cat "$RUN/result.txt"
+exit "${grc:-1}"
