@@ -17,10 +17,11 @@ modprobe libcomposite || fail "modprobe libcomposite"
 modprobe usb_f_acm || fail "modprobe usb_f_acm"
 modprobe cdc_acm || fail "modprobe cdc_acm"
 mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
-say "UDCs: $(ls /sys/class/udc | tr "\n" " ")"
+say "UDCs: $(cd /sys/class/udc && echo *)"
 
 G=/sys/kernel/config/usb_gadget/rig
-mkdir "$G" && cd "$G" || fail "configfs gadget"
+mkdir "$G" || fail "configfs gadget"
+cd "$G" || fail "configfs gadget"
 echo 0x1d6b > idVendor   # Linux Foundation
 echo 0x0104 > idProduct  # Multifunction Composite Gadget
 mkdir strings/0x409
@@ -37,7 +38,7 @@ for _ in $(seq 100); do [ -c /dev/ttyACM0 ] && [ -c /dev/ttyGS0 ] && break; slee
 [ -c /dev/ttyACM0 ] || fail "no /dev/ttyACM0 ($(ls /dev/tty[AG]* 2>&1))"
 [ -c /dev/ttyGS0 ] || fail "no /dev/ttyGS0"
 t_usb=$(cut -d' ' -f1 /proc/uptime)
-say "USB ready at ${t_usb}s: $(ls /dev/ttyACM0 /dev/ttyGS0 | tr '\n' ' ')"
+say "USB ready at ${t_usb}s: /dev/ttyACM0 /dev/ttyGS0"
 
 BYTES=$(numfmt --from=iec "${SIZE%iB}")
 W=/tmp/w; mkdir -p "$W"
@@ -95,8 +96,9 @@ gw() {
   drain
   "$GW" --trust any --state "$d/st-recv" serve --dir "$d/recv" --listen "serial:$sdev" --no-mdns > "$d/serve.log" 2>&1 &
   spid=$!
-  for _ in $(seq 100); do ls -l /proc/$spid/fd 2> /dev/null | grep -q "$sdev" && break; sleep 0.1; done
-  ls -l /proc/$spid/fd 2> /dev/null | grep -q "$sdev" || { tail -n 20 "$d/serve.log"; fail "serve did not open $sdev"; }
+  holds() { local f; for f in /proc/"$spid"/fd/*; do [ "$(readlink "$f")" = "$sdev" ] && return 0; done; return 1; }
+  for _ in $(seq 100); do holds && break; sleep 0.1; done
+  holds || { tail -n 20 "$d/serve.log"; fail "serve did not open $sdev"; }
   t0=$(now)
   timeout 600 "$GW" --trust any --state "$d/st-send" send "$W/src.bin" --to "serial:$cdev" --json --no-mdns \
     > "$d/send.out" 2> "$d/send.err" || grc=$?

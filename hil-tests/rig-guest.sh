@@ -12,7 +12,10 @@ mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
 [ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
 mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=262144 out /out
-set -a; . /out/env; set +a
+set -a
+# shellcheck disable=SC1091 # written by rig.sh into the results share
+. /out/env
+set +a
 mkdir -p "/lib/modules/$KVER"
 mount --bind "$KDIR" "/lib/modules/$KVER"
 export HOME=/tmp/home XDG_CONFIG_HOME=/tmp/home/.config XDG_STATE_HOME=/tmp/home/.state

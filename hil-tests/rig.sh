@@ -53,6 +53,11 @@ fi
 GW=$(readlink -f "$GW")
 
 # ---------- kernel, busybox (cached) ----------
+# The guest mounts fresh tmpfs on /tmp and /run: what it reads from the host
+# (cache, scripts, binary) must live elsewhere.
+for p in "$CACHE" "$ROOT" "$GW"; do
+  case $(readlink -m "$p")/ in /tmp/* | /run/* | /dev/* | /proc/* | /sys/*) die "$p is hidden in the guest (under /tmp, /run, /dev, /proc or /sys)" ;; esac
+done
 mkdir -p "$CACHE/dl"
 if [ ! -f "$CACHE/kernel.ok" ]; then
   kpkg() { apt-cache depends linux-image-amd64 2> /dev/null | awk '/Depends: linux-image-[0-9]/ {print $2; exit}'; }
