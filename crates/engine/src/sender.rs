@@ -80,8 +80,6 @@ struct LinkState {
     /// When something last arrived on this link (see [`Sender::link_heard`]).
     heard_at: Option<Instant>,
     stats: LinkStats,
-    /// Window in bytes; `None` until measured (then `link_window_bytes`).
-    window: Option<u64>,
     est: Estimator,
 }
 
@@ -148,6 +146,18 @@ impl Estimator {
 }
 
 impl LinkState {
+    /// Its window in bytes: what its measurements call for, or
+    /// `link_window_bytes` until it has them.
+    fn window(&self, cfg: &Config, chunk: u64) -> u64 {
+        self.est.window(cfg, chunk).unwrap_or(cfg.link_window_bytes)
+    }
+
+    /// Whether `len` more bytes fit in its window. One chunk may always be
+    /// in flight, even when a chunk exceeds the window.
+    fn has_room(&self, len: u64, cfg: &Config, chunk: u64) -> bool {
+        self.inflight.is_empty() || self.inflight_bytes + len <= self.window(cfg, chunk)
+    }
+
     /// Forgets this link's copy of `idx` (`len` bytes), freeing its window.
     fn release(&mut self, idx: u64, len: u64) {
         if self.inflight.remove(&idx).is_some() {
@@ -337,7 +347,6 @@ impl Sender {
         st.retry_at = None;
         // A reopened link may run over another path: measure it afresh.
         st.est = Estimator::default();
-        st.window = None;
     }
 
     /// A link died: its in-flight chunks go back to the queue at once and the
@@ -411,10 +420,8 @@ impl Sender {
         if !st.up {
             return None;
         }
-        let window = st.window.unwrap_or(self.cfg.link_window_bytes);
-        // Always allow one chunk in flight, even when a chunk exceeds the window.
-        let room =
-            |len: u32| st.inflight.is_empty() || st.inflight_bytes + u64::from(len) <= window;
+        let chunk_size = u64::from(self.geo.chunk_size);
+        let room = |len: u32| st.has_room(u64::from(len), &self.cfg, chunk_size);
         let next = if let Some(first) = self.pending.ranges().first() {
             let chunk = self.geo.chunk(first.start)?;
             if !room(chunk.len) {
@@ -508,7 +515,6 @@ impl Sender {
         now: Instant,
     ) -> Result<(), EngineError> {
         let set = RangeSet::from_ranges(ranges, self.geo.chunks())?;
-        let chunk = u64::from(self.geo.chunk_size);
         for idx in set.iter() {
             let first = self.acked.insert(idx);
             let len = self.geo.chunk(idx).map_or(0, |c| u64::from(c.len));
@@ -519,9 +525,6 @@ impl Sender {
                 // The copy this link carried: a round trip and a delivery.
                 if let Some(&sent_at) = st.inflight.get(&idx) {
                     st.est.on_ack(sent_at, len, now);
-                    if let Some(w) = st.est.window(&self.cfg, chunk) {
-                        st.window = Some(w);
-                    }
                 }
             }
             if first {
@@ -713,7 +716,7 @@ impl Sender {
         self.links
             .get(&link)
             .map(|l| LinkStats {
-                window_bytes: l.window.unwrap_or(self.cfg.link_window_bytes),
+                window_bytes: l.window(&self.cfg, u64::from(self.geo.chunk_size)),
                 rate_bytes_per_s: l.est.rate().unwrap_or(0),
                 min_rtt: l.est.min_rtt().unwrap_or_default(),
                 ..l.stats
@@ -730,10 +733,9 @@ impl Sender {
         let Some(st) = self.links.get(&link) else {
             return false;
         };
-        let window = st.window.unwrap_or(self.cfg.link_window_bytes);
+        let chunk_size = u64::from(self.geo.chunk_size);
         st.up
-            && (st.inflight.is_empty()
-                || st.inflight_bytes + u64::from(self.geo.chunk_size) <= window)
+            && st.has_room(chunk_size, &self.cfg, chunk_size)
             && (!self.pending.is_empty() || self.tail_candidate(link, now).is_some())
     }
 
