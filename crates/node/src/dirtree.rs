@@ -17,9 +17,11 @@ use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use gateway_proto::{Entry, EntryKind, Hash};
+use gateway_proto::{Entry, EntryKind};
 
 use crate::NodeError;
+use crate::file_stream::{rename_no_clobber, sync_dir};
+use crate::send::hash_file;
 
 /// Positional reads of a file, or of a tree's byte stream.
 pub trait ReadAt: Sync {
@@ -138,7 +140,8 @@ impl Layout {
     }
 }
 
-fn mtime_ns(md: &std::fs::Metadata) -> i64 {
+/// A file's modification time, ns since the Unix epoch.
+pub(crate) fn mtime_ns(md: &std::fs::Metadata) -> i64 {
     md.mtime()
         .saturating_mul(1_000_000_000)
         .saturating_add(md.mtime_nsec())
@@ -173,7 +176,7 @@ fn hash_files(root: &Path, entries: &mut [Entry]) -> Result<(), NodeError> {
             .map(|part| {
                 s.spawn(move || -> Result<(), NodeError> {
                     for e in part {
-                        e.hash = Some(hash_path(&root.join(&e.path))?);
+                        e.hash = Some(hash_file(&root.join(&e.path))?);
                     }
                     Ok(())
                 })
@@ -250,13 +253,11 @@ fn walk(dir: &Path, prefix: &str, out: &mut Vec<Entry>) -> Result<(), NodeError>
     Ok(())
 }
 
-fn hash_path(path: &Path) -> Result<Hash, NodeError> {
-    let f = File::open(path)
-        .map_err(|e| NodeError::io(format!("cannot open {}", path.display()), e))?;
-    let mut h = blake3::Hasher::new();
-    h.update_reader(f)
-        .map_err(|e| NodeError::io(format!("cannot read {}", path.display()), e))?;
-    Ok(*h.finalize().as_bytes())
+/// Whether `path` is a regular file with the size and BLAKE3 of file entry `e`.
+fn holds_same(path: &Path, e: &Entry) -> bool {
+    e.hash.is_some()
+        && std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file() && m.len() == e.size)
+        && hash_file(path).ok() == e.hash
 }
 
 /// Opens files of a tree on demand and keeps a bounded number open.
@@ -265,6 +266,39 @@ struct Handles {
     root: PathBuf,
     open: Mutex<HashMap<usize, Arc<File>>>,
     writable: bool,
+}
+
+/// A tree's byte stream over its files under `root`: the sender's files in
+/// place, or the receiver's staged copies.
+#[derive(Debug)]
+pub(crate) struct TreeFiles {
+    layout: Layout,
+    files: Handles,
+}
+
+impl TreeFiles {
+    pub(crate) fn new(root: &Path, layout: Layout, writable: bool) -> TreeFiles {
+        TreeFiles {
+            layout,
+            files: Handles {
+                root: root.to_path_buf(),
+                open: Mutex::new(HashMap::new()),
+                writable,
+            },
+        }
+    }
+
+    fn get(&self, idx: usize) -> io::Result<Arc<File>> {
+        self.files.get(&self.layout, idx)
+    }
+}
+
+impl ReadAt for TreeFiles {
+    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.layout.read_with(buf, offset, |idx, off, b| {
+            FileExt::read_exact_at(&*self.get(idx)?, b, off)
+        })
+    }
 }
 
 /// Files kept open at once (well under the usual 1024 descriptors).
@@ -288,34 +322,6 @@ impl Handles {
         let f = Arc::new(f);
         open.insert(idx, f.clone());
         Ok(f)
-    }
-}
-
-/// The sender's view of a tree: its stream, read from the files in place.
-#[derive(Debug)]
-pub(crate) struct TreeSource {
-    layout: Layout,
-    files: Handles,
-}
-
-impl TreeSource {
-    pub(crate) fn new(root: &Path, layout: Layout) -> TreeSource {
-        TreeSource {
-            layout,
-            files: Handles {
-                root: root.to_path_buf(),
-                open: Mutex::new(HashMap::new()),
-                writable: false,
-            },
-        }
-    }
-}
-
-impl ReadAt for TreeSource {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.layout.read_with(buf, offset, |idx, off, b| {
-            FileExt::read_exact_at(&*self.files.get(&self.layout, idx)?, b, off)
-        })
     }
 }
 
@@ -350,8 +356,7 @@ impl std::str::FromStr for Conflict {
 #[derive(Debug)]
 pub(crate) struct Staged {
     pub(crate) root: PathBuf,
-    layout: Layout,
-    files: Handles,
+    stream: TreeFiles,
     /// Files written since the last sync.
     dirty: Mutex<HashSet<usize>>,
 }
@@ -398,12 +403,7 @@ impl Staged {
         }
         let staged = Staged {
             root: root.to_path_buf(),
-            layout,
-            files: Handles {
-                root: root.to_path_buf(),
-                open: Mutex::new(HashMap::new()),
-                writable: true,
-            },
+            stream: TreeFiles::new(root, layout, true),
             dirty: Mutex::new(HashSet::new()),
         };
         staged.syncfs()?;
@@ -417,23 +417,15 @@ impl Staged {
     /// The copies are made durable before this returns.
     pub(crate) fn prefill(&self, dest: &Path, chunk_size: u32) -> Result<Vec<u64>, NodeError> {
         let mut have: HashSet<usize> = HashSet::new();
-        for (&(_, idx), e) in self
-            .layout
-            .files
-            .iter()
-            .map(|f| (f, &self.layout.entries[f.1]))
-        {
-            let Some(want) = e.hash else { continue };
+        let layout = &self.stream.layout;
+        for (&(_, idx), e) in layout.files.iter().map(|f| (f, &layout.entries[f.1])) {
             let there = dest.join(&e.path);
-            let same = std::fs::symlink_metadata(&there)
-                .is_ok_and(|m| m.is_file() && m.len() == e.size)
-                && hash_path(&there).ok() == Some(want);
-            if !same {
+            if !holds_same(&there, e) {
                 continue;
             }
             let mut from = File::open(&there)
                 .map_err(|err| NodeError::io(format!("cannot open {}", there.display()), err))?;
-            let to = self.files.get(&self.layout, idx).map_err(|err| {
+            let to = self.stream.get(idx).map_err(|err| {
                 NodeError::io(
                     format!("cannot open a staged file of {}", self.root.display()),
                     err,
@@ -450,12 +442,13 @@ impl Staged {
         }
         self.syncfs()?;
         let c = u64::from(chunk_size.max(1));
-        let chunks = self.layout.size.div_ceil(c);
+        let chunks = self.stream.layout.size.div_ceil(c);
         Ok((0..chunks)
             .filter(|&i| {
                 let start = i * c;
-                let len = (self.layout.size - start).min(c) as usize;
-                self.layout
+                let len = (self.stream.layout.size - start).min(c) as usize;
+                self.stream
+                    .layout
                     .pieces(start, len)
                     .iter()
                     .all(|(idx, _, _)| have.contains(idx))
@@ -463,12 +456,17 @@ impl Staged {
             .collect())
     }
 
+    /// Its byte stream, for reading back (the final hash).
+    pub(crate) fn reader(&self) -> &dyn ReadAt {
+        &self.stream
+    }
+
     /// Writes stream bytes at `offset` into the files they belong to.
     pub(crate) fn write_all_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         let mut at = 0;
-        for (idx, off, len) in self.layout.pieces(offset, data.len()) {
-            self.files
-                .get(&self.layout, idx)?
+        for (idx, off, len) in self.stream.layout.pieces(offset, data.len()) {
+            self.stream
+                .get(idx)?
                 .write_all_at(&data[at..at + len], off)?;
             self.dirty
                 .lock()
@@ -492,8 +490,8 @@ impl Staged {
             self.syncfs()
         } else {
             dirty.iter().try_for_each(|&idx| {
-                self.files
-                    .get(&self.layout, idx)
+                self.stream
+                    .get(idx)
                     .and_then(|f| f.sync_data())
                     .map_err(|e| NodeError::io(format!("fdatasync in {}", self.root.display()), e))
             })
@@ -531,7 +529,7 @@ impl Staged {
         };
         std::fs::create_dir_all(dest).map_err(|e| io("cannot create", dest, e))?;
         let mut parents: HashSet<PathBuf> = HashSet::from([dest.to_path_buf()]);
-        for e in self.layout.entries() {
+        for e in self.stream.layout.entries() {
             let from = self.root.join(&e.path);
             let to = dest.join(&e.path);
             match e.kind {
@@ -557,10 +555,7 @@ impl Staged {
                         continue;
                     }
                     set_mtime(&from, e)?;
-                    let same = e.hash.is_some()
-                        && std::fs::metadata(&to).is_ok_and(|m| m.is_file() && m.len() == e.size)
-                        && hash_path(&to).ok() == e.hash;
-                    if same {
+                    if holds_same(&to, e) {
                         std::fs::remove_file(&from)
                             .map_err(|err| io("cannot remove", &from, err))?;
                         landed.unchanged += 1;
@@ -574,7 +569,7 @@ impl Staged {
                         (true, Conflict::Rename) => {
                             let parent = to.parent().unwrap_or(dest);
                             let name = to.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-                            let got = crate::file_stream::rename_no_clobber(&from, parent, name)?;
+                            let got = rename_no_clobber(&from, parent, name)?;
                             landed.renamed.push(got.display().to_string());
                         }
                         (true, Conflict::Skip) => {
@@ -600,30 +595,22 @@ impl Staged {
                             landed.skipped += 1;
                             continue;
                         }
-                        Ok(_) if policy == Conflict::Overwrite => {
-                            let tmp = to.with_file_name(format!(
-                                ".{}.gateway-link",
-                                to.file_name().and_then(|n| n.to_str()).unwrap_or("l")
-                            ));
-                            let _ = std::fs::remove_file(&tmp);
-                            std::os::unix::fs::symlink(&e.target, &tmp)
-                                .map_err(|err| io("cannot create", &tmp, err))?;
-                            std::fs::rename(&tmp, &to)
-                                .map_err(|err| io("cannot move to", &to, err))?;
-                        }
                         Ok(_) => {
-                            let parent = to.parent().unwrap_or(dest).to_path_buf();
-                            let name = to
-                                .file_name()
-                                .and_then(|n| n.to_str())
-                                .unwrap_or("link")
-                                .to_string();
+                            // Made beside the taken name, then moved over it
+                            // (overwrite) or next to it (rename).
+                            let parent = to.parent().unwrap_or(dest);
+                            let name = to.file_name().and_then(|n| n.to_str()).unwrap_or("link");
                             let tmp = parent.join(format!(".{name}.gateway-link"));
                             let _ = std::fs::remove_file(&tmp);
                             std::os::unix::fs::symlink(&e.target, &tmp)
                                 .map_err(|err| io("cannot create", &tmp, err))?;
-                            let got = crate::file_stream::rename_no_clobber(&tmp, &parent, &name)?;
-                            landed.renamed.push(got.display().to_string());
+                            if policy == Conflict::Overwrite {
+                                std::fs::rename(&tmp, &to)
+                                    .map_err(|err| io("cannot move to", &to, err))?;
+                            } else {
+                                let got = rename_no_clobber(&tmp, parent, name)?;
+                                landed.renamed.push(got.display().to_string());
+                            }
                         }
                         Err(_) => std::os::unix::fs::symlink(&e.target, &to)
                             .map_err(|err| io("cannot create", &to, err))?,
@@ -632,32 +619,34 @@ impl Staged {
                 }
             }
         }
-        // Directory modes and times last (writing into a directory changes
-        // its mtime), deepest first (a read-only parent would refuse).
-        for e in self.layout.entries().iter().rev() {
-            if e.kind == EntryKind::Dir {
-                apply_meta(&dest.join(&e.path), e)?;
-                landed.dirs += 1;
-            }
-        }
+        self.dirs_meta(dest, &mut landed)?;
         for p in &parents {
-            if let Ok(d) = File::open(p) {
-                let _ = d.sync_all();
-            }
+            sync_dir(p);
         }
         let _ = std::fs::remove_dir_all(&self.root);
         Ok(landed)
     }
-}
 
-impl Staged {
+    /// Directory modes and times under `base`, last (writing into a
+    /// directory changes its mtime) and deepest first (a read-only parent
+    /// would refuse).
+    fn dirs_meta(&self, base: &Path, landed: &mut Landed) -> Result<(), NodeError> {
+        for e in self.stream.layout.entries().iter().rev() {
+            if e.kind == EntryKind::Dir {
+                apply_meta(&base.join(&e.path), e)?;
+                landed.dirs += 1;
+            }
+        }
+        Ok(())
+    }
+
     /// A tree whose destination does not exist yet lands in one rename of
     /// the whole staging directory: times, links and directory modes are
     /// put in place inside it first. `None` if the destination appeared
     /// meanwhile (then the caller merges file by file).
     fn land_whole(&self, dest: &Path) -> Result<Option<Landed>, NodeError> {
         let mut landed = Landed::default();
-        for e in self.layout.entries() {
+        for e in self.stream.layout.entries() {
             let p = self.root.join(&e.path);
             match e.kind {
                 EntryKind::File => {
@@ -676,15 +665,8 @@ impl Staged {
                 EntryKind::Dir => {}
             }
         }
-        for e in self.layout.entries().iter().rev() {
-            if e.kind == EntryKind::Dir {
-                apply_meta(&self.root.join(&e.path), e)?;
-                landed.dirs += 1;
-            }
-        }
-        if let Ok(d) = File::open(&self.root) {
-            let _ = d.sync_all();
-        }
+        self.dirs_meta(&self.root, &mut landed)?;
+        sync_dir(&self.root);
         match nix::fcntl::renameat2(
             nix::fcntl::AT_FDCWD,
             &self.root,
@@ -701,20 +683,10 @@ impl Staged {
                 ));
             }
         }
-        if let Some(parent) = dest.parent()
-            && let Ok(d) = File::open(parent)
-        {
-            let _ = d.sync_all();
+        if let Some(parent) = dest.parent() {
+            sync_dir(parent);
         }
         Ok(Some(landed))
-    }
-}
-
-impl ReadAt for Staged {
-    fn read_exact_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.layout.read_with(buf, offset, |idx, off, b| {
-            FileExt::read_exact_at(&*self.files.get(&self.layout, idx)?, b, off)
-        })
     }
 }
 
@@ -811,7 +783,7 @@ mod tests {
         st.write_all_at(b"abcdefg", 0).unwrap();
         st.sync_data().unwrap();
         let mut back = [0u8; 7];
-        ReadAt::read_exact_at(&st, &mut back, 0).unwrap();
+        st.reader().read_exact_at(&mut back, 0).unwrap();
         assert_eq!(&back, b"abcdefg");
         let dest = tmp.path().join("out");
         let landed = st.land(&dest, Conflict::Rename).unwrap();

@@ -92,7 +92,7 @@ impl Sink {
     fn reader(&self) -> &dyn ReadAt {
         match self {
             Sink::Part(f) => f,
-            Sink::Tree(t) => &**t,
+            Sink::Tree(t) => t.reader(),
         }
     }
 }
@@ -190,17 +190,10 @@ impl FileStream {
         let mut held = RangeSet::new();
         if !prefilled.is_empty() {
             let geo = gateway_engine::Geometry::new(offer.size, offer.chunk_size);
-            let mut hashes = Vec::with_capacity(prefilled.len());
-            let mut buf = Vec::new();
+            let hashes = tree::hash_chunks(sink.reader(), geo, &prefilled, tree::hash_threads())
+                .map_err(|e| NodeError::io(format!("reading {}", part.display()), e))?
+                .cvs;
             for &i in &prefilled {
-                let c = geo
-                    .chunk(i)
-                    .expect("prefill returns chunks of this geometry");
-                buf.resize(c.len as usize, 0);
-                sink.reader()
-                    .read_exact_at(&mut buf, c.offset)
-                    .map_err(|e| NodeError::io(format!("reading {}", part.display()), e))?;
-                hashes.push((i, tree::chunk_cv(c.offset, &buf)));
                 held.insert(i);
             }
             // The copies were synced by prefill: the DB may say so.
@@ -681,7 +674,7 @@ impl FileStream {
     }
 }
 
-fn sync_dir(dir: &Path) {
+pub(crate) fn sync_dir(dir: &Path) {
     if let Ok(d) = File::open(dir) {
         let _ = d.sync_all();
     }

@@ -5,7 +5,6 @@
 //! save and stop.
 
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -275,6 +274,7 @@ pub async fn send(
     // A directory is one transfer of its files' bytes in list order; its
     // record is found again by the identity of its listing (in place of an
     // mtime), so any change to the tree starts a new transfer.
+    let mut file_count = None;
     let (source, size, mtime_ns, tree_entries): (Arc<dyn ReadAt + Send + Sync>, u64, i64, _) =
         if md.is_dir() {
             let root = path.clone();
@@ -283,26 +283,21 @@ pub async fn send(
                 .map_err(|e| NodeError::Other(format!("scan task failed: {e}")))??;
             let layout = dirtree::Layout::new(entries.clone());
             let (size, identity) = (layout.size(), layout.identity());
+            file_count = Some(layout.file_count());
             tracing::info!(
-                files = layout.file_count(),
+                files = file_count,
                 entries = entries.len(),
                 size,
                 "sending a tree"
             );
-            let src = dirtree::TreeSource::new(&path, layout);
+            let src = dirtree::TreeFiles::new(&path, layout, false);
             (Arc::new(src), size, identity, Some(entries))
         } else {
             let file = File::open(&path)
                 .map_err(|e| NodeError::io(format!("cannot open {}", path.display()), e))?;
-            let mtime_ns = md.mtime() * 1_000_000_000 + md.mtime_nsec();
-            (Arc::new(file), md.len(), mtime_ns, None)
+            (Arc::new(file), md.len(), dirtree::mtime_ns(&md), None)
         };
     let is_tree = tree_entries.is_some();
-    let file_count = tree_entries.as_ref().map(|e| {
-        e.iter()
-            .filter(|e| e.kind == gateway_proto::EntryKind::File)
-            .count()
-    });
     // Open every link at once; keep the ones that answer.
     let ours = wire::hello(&state, &[]);
     let mut opening = Vec::new();
@@ -847,30 +842,26 @@ pub async fn send(
 
 /// A sentence if the source's size or mtime moved since the transfer began.
 fn source_changed(path: &Path, size: u64, mtime_ns: i64, is_tree: bool) -> Option<String> {
-    if is_tree {
-        let changed = || {
-            format!(
-                "{} changed while it was being sent; run the same send again to send the new version",
-                path.display()
-            )
-        };
-        return match dirtree::scan(path, false) {
-            Ok(entries) => {
+    // (size, mtime) of a file; (size, identity of the listing) of a tree.
+    let now = if is_tree {
+        dirtree::scan(path, false)
+            .map(|entries| {
                 let l = dirtree::Layout::new(entries);
-                (l.size() != size || l.identity() != mtime_ns).then(changed)
-            }
-            Err(e) => Some(format!("{}: {e}", path.display())),
-        };
-    }
-    match std::fs::metadata(path) {
-        Ok(md) if md.len() == size && md.mtime() * 1_000_000_000 + md.mtime_nsec() == mtime_ns => {
-            None
-        }
+                (l.size(), l.identity())
+            })
+            .map_err(|e| format!("{}: {e}", path.display()))
+    } else {
+        std::fs::metadata(path)
+            .map(|md| (md.len(), dirtree::mtime_ns(&md)))
+            .map_err(|e| format!("{} can no longer be read: {e}", path.display()))
+    };
+    match now {
+        Ok(now) if now == (size, mtime_ns) => None,
         Ok(_) => Some(format!(
             "{} changed while it was being sent; run the same send again to send the new version",
             path.display()
         )),
-        Err(e) => Some(format!("{} can no longer be read: {e}", path.display())),
+        Err(why) => Some(why),
     }
 }
 
