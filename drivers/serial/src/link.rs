@@ -428,29 +428,24 @@ impl Session {
 
     /// Reads the line once (at least one byte) until `until`; the other end
     /// is declared gone when nothing arrived for [`SILENCE_TIMEOUT`] (but not
-    /// before `grace`). Returns whether it read anything.
-    async fn pump(&self, rx: &mut RxSide, until: Instant, grace: Instant) -> bool {
+    /// before `grace`); a failure is recorded in `rx` and kills the session.
+    async fn pump(&self, rx: &mut RxSide, until: Instant, grace: Instant) {
         let silent_at = (rx.reader.last_rx + SILENCE_TIMEOUT).max(grace);
         let path = &self.info.local;
         match timeout_at(until.min(silent_at), rx.reader.fill()).await {
-            Err(_) if until < silent_at => false,
+            Err(_) if until < silent_at => {}
             Err(_) => {
                 let msg = format!(
                     "nothing heard from the other end of {path} for {SILENCE_TIMEOUT:?} (it sends a keepalive every second): the cable is unplugged or the other side stopped"
                 );
                 self.fail(rx, io::ErrorKind::TimedOut, msg);
-                false
             }
             Ok(Ok(0)) => {
                 let msg = format!("{path} hung up: the device went away (unplugged?)");
                 self.fail(rx, io::ErrorKind::UnexpectedEof, msg);
-                false
             }
-            Ok(Ok(_)) => true,
-            Ok(Err(e)) => {
-                self.fail(rx, e.kind(), format!("reading {path}: {e}"));
-                false
-            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => self.fail(rx, e.kind(), format!("reading {path}: {e}")),
         }
     }
 
@@ -459,9 +454,8 @@ impl Session {
     async fn flush(&self, w: &mut Writer, dead: &mut Dead) -> Result<(), LinkError> {
         let (ack, again) = {
             let mut arq = self.arq();
-            let before = arq.resent_segments;
             let again = arq.take_resend(Instant::now().into_std());
-            crate::count_resent(arq.resent_segments - before);
+            crate::count_resent(again.len() as u64);
             (arq.take_ack(), again)
         };
         if let Some((next, nak)) = ack {
@@ -644,6 +638,15 @@ impl SerialTx {
         }
     }
 
+    /// After a `send` cancelled between two segments: tells the other end
+    /// to drop the half frame, so it is not glued to the next one.
+    async fn abort_half_frame(&mut self) -> Result<(), LinkError> {
+        if std::mem::take(&mut self.mid_frame) {
+            self.put(arq::FLAG_ABORT, &[]).await?;
+        }
+        Ok(())
+    }
+
     /// Numbers one segment and writes it, after whatever is due first.
     async fn put(&mut self, flags: u8, payload: &[u8]) -> Result<(), LinkError> {
         self.wait_room(payload.len()).await?;
@@ -681,18 +684,19 @@ impl FrameTx for SerialTx {
             return Err(LinkError::Closed);
         }
         self.check_alive()?;
-        if std::mem::take(&mut self.mid_frame) {
-            self.put(arq::FLAG_ABORT, &[]).await?;
-        }
-        let n = frame.len().div_ceil(arq::SEG_BYTES).max(1);
-        for i in 0..n {
-            let piece = &frame[(i * arq::SEG_BYTES).min(frame.len())
-                ..((i + 1) * arq::SEG_BYTES).min(frame.len())];
-            let last = i + 1 == n;
+        self.abort_half_frame().await?;
+        // An empty frame is one empty segment.
+        let pieces: Vec<&[u8]> = if frame.is_empty() {
+            vec![frame]
+        } else {
+            frame.chunks(arq::SEG_BYTES).collect()
+        };
+        let n = pieces.len();
+        for (i, piece) in pieces.into_iter().enumerate() {
             // Cleared only when the whole frame is out: a cancelled send
             // leaves it set, and the next send aborts the half frame first.
             self.mid_frame = true;
-            self.put(if last { arq::FLAG_LAST } else { 0 }, piece)
+            self.put(if i + 1 == n { arq::FLAG_LAST } else { 0 }, piece)
                 .await?;
         }
         self.mid_frame = false;
@@ -705,9 +709,7 @@ impl FrameTx for SerialTx {
         }
         self.closed = true;
         self.check_alive()?;
-        if std::mem::take(&mut self.mid_frame) {
-            self.put(arq::FLAG_ABORT, &[]).await?;
-        }
+        self.abort_half_frame().await?;
         self.put(arq::FLAG_FIN, &[]).await
     }
 }
