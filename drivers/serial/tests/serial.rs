@@ -82,6 +82,15 @@ fn registry(c: &Cable) -> Registry {
     r
 }
 
+/// A session over the cable: the listener on `b`, the end opened from `a`,
+/// and the end the listener accepted.
+async fn session(reg: &Registry, c: &Cable) -> (Box<dyn Listener>, Box<dyn Link>, Box<dyn Link>) {
+    let mut l = reg.listen(&format!("serial:{}", c.b)).await.unwrap();
+    let target = format!("serial:{}", c.a);
+    let (a, b) = tokio::join!(reg.open(&target), l.accept());
+    (l, a.unwrap(), b.unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn conformance_over_a_pty_cable() {
     let c = cable();
@@ -108,11 +117,9 @@ async fn conformance_with_xon_xoff_and_a_baud_rate() {
 async fn noise_on_the_wire_costs_resends_not_frames() {
     let c = cable();
     let reg = registry(&c);
-    let mut l = reg.listen(&format!("serial:{}", c.b)).await.unwrap();
-    let target = format!("serial:{}", c.a);
-    let (a, b) = tokio::join!(reg.open(&target), l.accept());
-    let (mut tx, _arx) = a.unwrap().split();
-    let (_btx, mut rx) = b.unwrap().split();
+    let (_l, a, b) = session(&reg, &c).await;
+    let (mut tx, _arx) = a.split();
+    let (_btx, mut rx) = b.split();
     let before = gateway_serial::counters();
     let frame = |i: u32, len: usize| -> Vec<u8> {
         let mut v: Vec<u8> = (0..len).map(|j| (j as u32 * 7 + i) as u8).collect();
@@ -196,11 +203,9 @@ async fn noise_on_the_wire_costs_resends_not_frames() {
 async fn a_line_garbled_both_ways_delivers_every_frame_intact_and_in_order() {
     let c = cable();
     let reg = registry(&c);
-    let mut l = reg.listen(&format!("serial:{}", c.b)).await.unwrap();
-    let target = format!("serial:{}", c.a);
-    let (a, b) = tokio::join!(reg.open(&target), l.accept());
-    let (mut tx, _arx) = a.unwrap().split();
-    let (_btx, mut rx) = b.unwrap().split();
+    let (_l, a, b) = session(&reg, &c).await;
+    let (mut tx, _arx) = a.split();
+    let (_btx, mut rx) = b.split();
     let before = gateway_serial::counters();
     const GARBLED: u32 = 200;
     const CLEAN: u32 = 20;
@@ -291,16 +296,14 @@ async fn a_reopened_line_replaces_the_old_session_at_once() {
 async fn an_opener_whose_session_the_listener_dropped_is_reset() {
     let c = cable();
     let reg = registry(&c);
-    let mut l = reg.listen(&format!("serial:{}", c.b)).await.unwrap();
-    let target = format!("serial:{}", c.a);
-    let (a, b) = tokio::join!(reg.open(&target), l.accept());
-    drop(b.unwrap());
+    let (mut l, a, b) = session(&reg, &c).await;
+    drop(b);
     // The listener waits for the next HELLO and answers stray DATA.
     let accepting = tokio::spawn(async move {
         let r = l.accept().await.map(|_| ());
         (l, r)
     });
-    let (mut atx, mut arx) = a.unwrap().split();
+    let (mut atx, mut arx) = a.split();
     atx.send(b"anyone there?").await.unwrap();
     let start = Instant::now();
     let e = tokio::time::timeout(Duration::from_secs(5), arx.recv())
@@ -319,7 +322,7 @@ async fn an_opener_whose_session_the_listener_dropped_is_reset() {
     );
     drop((atx, arx));
     // And the listener still takes a new session.
-    let a2 = reg.open(&target).await.unwrap();
+    let a2 = reg.open(&format!("serial:{}", c.a)).await.unwrap();
     let (_l, accepted) = accepting.await.unwrap();
     accepted.unwrap();
     drop(a2);
@@ -461,11 +464,9 @@ async fn throughput_64_mib_framed_vs_raw() {
     let (mut framed_cpu, mut raw_cpu) = (Vec::new(), Vec::new());
     for _round in 0..ROUNDS {
         // Framed, through the driver.
-        let mut l = reg.listen(&format!("serial:{}", c.b)).await.unwrap();
-        let target = format!("serial:{}", c.a);
-        let (a, b) = tokio::join!(reg.open(&target), l.accept());
-        let (mut tx, arx) = a.unwrap().split();
-        let (btx, mut rx) = b.unwrap().split();
+        let (l, a, b) = session(&reg, &c).await;
+        let (mut tx, arx) = a.split();
+        let (btx, mut rx) = b.split();
         let data = base.clone();
         let (start, cpu0) = (Instant::now(), cpu_seconds());
         let sender = tokio::spawn(async move {
