@@ -246,21 +246,13 @@ fn keys() -> Vec<Key> {
         Key {
             name: "serve.on_conflict",
             help: "when a landing name is taken: rename, overwrite or skip",
-            get: |s| toml::Value::String(conflict_name(s.node.on_conflict).into()),
+            get: |s| toml::Value::String(s.node.on_conflict.to_string()),
             set: |s, v| {
                 s.node.on_conflict = text(v)?.parse::<Conflict>()?;
                 Ok(())
             },
         },
     ]
-}
-
-fn conflict_name(c: Conflict) -> &'static str {
-    match c {
-        Conflict::Rename => "rename",
-        Conflict::Overwrite => "overwrite",
-        Conflict::Skip => "skip",
-    }
 }
 
 fn expand_home(p: &str) -> PathBuf {

@@ -338,6 +338,16 @@ pub enum Conflict {
     Skip,
 }
 
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conflict::Rename => "rename",
+            Conflict::Overwrite => "overwrite",
+            Conflict::Skip => "skip",
+        })
+    }
+}
+
 impl std::str::FromStr for Conflict {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
