@@ -479,9 +479,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         on_conflict,
     } = &cli.cmd
     {
-        let s = &mut loaded.settings;
         if let Some(d) = dir {
-            s.serve_dir = Some(d.clone());
+            loaded.settings.serve_dir = Some(d.clone());
             loaded.flag("serve.dir");
         }
         if !listen.is_empty() {
