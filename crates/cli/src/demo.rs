@@ -109,8 +109,8 @@ pub(crate) async fn run(o: DemoOptions) -> Result<std::process::ExitCode> {
 
     // The verdict, checked independently of the protocol's own.
     let got = dst_dir.join("demo.bin");
-    let want_hash = gateway_node::send::hash_file(&src)?;
-    let got_hash = gateway_node::send::hash_file(&got)
+    let want_hash = gateway_node::tree::hash_file(&src)?;
+    let got_hash = gateway_node::tree::hash_file(&got)
         .with_context(|| format!("the received file {} is missing", got.display()))?;
     let ok = want_hash == got_hash && hex::encode(want_hash) == report.hash;
     if !o.json {

@@ -21,7 +21,7 @@ use gateway_proto::{Entry, EntryKind};
 
 use crate::NodeError;
 use crate::file_stream::{rename_no_clobber, sync_dir};
-use crate::send::hash_file;
+use crate::tree::hash_file;
 
 /// Positional reads of a file, or of a tree's byte stream.
 pub trait ReadAt: Sync {

@@ -926,16 +926,6 @@ fn new_record(
     })
 }
 
-/// BLAKE3 of a whole file, read sequentially.
-pub fn hash_file(path: &Path) -> Result<Hash, NodeError> {
-    let f = File::open(path)
-        .map_err(|e| NodeError::io(format!("cannot open {}", path.display()), e))?;
-    let mut h = blake3::Hasher::new();
-    h.update_reader(f)
-        .map_err(|e| NodeError::io(format!("cannot read {}", path.display()), e))?;
-    Ok(*h.finalize().as_bytes())
-}
-
 fn link_err(sel: &str, e: WireError) -> NodeError {
     NodeError::Peer(format!("{sel}: {e}"))
 }

@@ -6,13 +6,17 @@
 //! up the tree: each byte is hashed once per side, chunks can be hashed in any
 //! order and on several cores, and a mismatch points at the bad chunks.
 
-use crate::dirtree::ReadAt;
+use std::fs::File;
+use std::path::Path;
 
 use blake3::hazmat::{
     HasherExt, Mode, left_subtree_len, merge_subtrees_non_root, merge_subtrees_root,
 };
 use gateway_engine::Geometry;
 use gateway_proto::Hash;
+
+use crate::NodeError;
+use crate::dirtree::ReadAt;
 
 /// Whether `chunk_size` makes every chunk a BLAKE3 subtree.
 pub fn valid_chunk_size(chunk_size: u32) -> bool {
@@ -119,6 +123,16 @@ pub fn hash_chunks<R: ReadAt + ?Sized>(
     Ok(out)
 }
 
+/// BLAKE3 of a whole file, read sequentially.
+pub fn hash_file(path: &Path) -> Result<Hash, NodeError> {
+    let f = File::open(path)
+        .map_err(|e| NodeError::io(format!("cannot open {}", path.display()), e))?;
+    let mut h = blake3::Hasher::new();
+    h.update_reader(f)
+        .map_err(|e| NodeError::io(format!("cannot read {}", path.display()), e))?;
+    Ok(*h.finalize().as_bytes())
+}
+
 /// Threads to use for whole-file hashing.
 pub fn hash_threads() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
@@ -127,7 +141,6 @@ pub fn hash_threads() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs::File;
 
     fn data(n: usize) -> Vec<u8> {
         (0..n).map(|i| (i * 7 + i / 1000) as u8).collect()
