@@ -1,0 +1,2 @@
+//! gateway-usb: the `usb:` link driver (skeleton; see below).
+#![warn(missing_docs)]
