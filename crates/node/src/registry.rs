@@ -7,14 +7,6 @@ use gateway_link::Registry;
 /// Transports planned but not in this build, for `gateway links`.
 pub const NOT_BUILT: &[(&str, &str)] = &[
     (
-        "usb",
-        "USB bulk endpoints (host side) — driver not in this build yet",
-    ),
-    (
-        "ffs",
-        "USB FunctionFS gadget — driver not in this build yet",
-    ),
-    (
         "rfcomm",
         "Bluetooth RFCOMM via BlueZ — driver not in this build yet",
     ),
@@ -30,5 +22,6 @@ pub fn default_registry() -> Registry {
     let mut reg = Registry::new();
     reg.register(Arc::new(gateway_tcp::TcpDriver));
     reg.register(Arc::new(gateway_serial::SerialDriver::new()));
+    reg.register(Arc::new(gateway_usb::UsbDriver::new()));
     reg
 }

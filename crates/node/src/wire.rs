@@ -142,8 +142,11 @@ fn dialable_links(
         match expanded {
             Some(list) => out.extend(list),
             // In-process links and point-to-point lines (a serial device
-            // path is this node's end, useless to a peer) are not announced.
-            None if sel.starts_with("mock:") || sel.starts_with("serial:") => {}
+            // path or a USB gadget is this node's end, useless to a peer)
+            // are not announced.
+            None if ["mock:", "serial:", "usb:"]
+                .iter()
+                .any(|p| sel.starts_with(p)) => {}
             None => out.push(sel.clone()),
         }
     }

@@ -1,0 +1,357 @@
+//! The host side: nusb over usbfs (pure Rust, no libusb). Finds the gateway
+//! interface by class, claims it, starts a session with [`REQ_OPEN`] and
+//! keeps [`TRANSFERS_IN_FLIGHT`] bulk transfers queued each way.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use gateway_link::framer::FrameReader;
+use gateway_link::{FrameRx, FrameTx, Link, LinkError, LinkInfo, Listener, OpenError};
+use nusb::descriptors::TransferType;
+use nusb::io::{EndpointRead, EndpointWrite};
+use nusb::transfer::{Bulk, ControlIn, ControlType, Direction, In, Out, Recipient};
+use nusb::{DeviceInfo, ErrorKind};
+use tokio::io::AsyncWriteExt;
+use tokio::time::timeout;
+
+use crate::wire::{self, OPEN_REPLY_LEN, REQ_OPEN};
+use crate::{
+    INTERFACE_CLASS, INTERFACE_PROTOCOL, INTERFACE_SUBCLASS, MAX_FRAME, TRANSFER_BYTES,
+    TRANSFERS_IN_FLIGHT, caps,
+};
+
+/// How long the session request and the gadget's hello may take.
+const SESSION_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a host-side listener looks for a gateway device.
+const LISTEN_POLL: Duration = Duration::from_millis(500);
+/// Sessions tried before giving up on a device whose first frame was stale.
+const SESSION_ATTEMPTS: usize = 3;
+
+/// Which devices a host-side selector accepts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct HostFilter {
+    pub(crate) vid_pid: Option<(u16, u16)>,
+    pub(crate) serial: Option<String>,
+}
+
+impl HostFilter {
+    fn accepts(&self, d: &DeviceInfo) -> bool {
+        self.vid_pid
+            .is_none_or(|(v, p)| d.vendor_id() == v && d.product_id() == p)
+            && self
+                .serial
+                .as_deref()
+                .is_none_or(|s| d.serial_number() == Some(s))
+    }
+}
+
+/// The gateway interface of a device, if it has one.
+pub(crate) fn gateway_interface(d: &DeviceInfo) -> Option<u8> {
+    d.interfaces()
+        .find(|i| {
+            i.class() == INTERFACE_CLASS
+                && i.subclass() == INTERFACE_SUBCLASS
+                && i.protocol() == INTERFACE_PROTOCOL
+        })
+        .map(|i| i.interface_number())
+}
+
+/// `BUS-PORT.PORT 1d6b:0104 SERIAL`, for logs and link info.
+pub(crate) fn describe(d: &DeviceInfo) -> String {
+    format!(
+        "{} {:04x}:{:04x}{}",
+        d.sysfs_path()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("{}-{}", d.busnum(), d.device_address())),
+        d.vendor_id(),
+        d.product_id(),
+        d.serial_number()
+            .map(|s| format!(" {s}"))
+            .unwrap_or_default()
+    )
+}
+
+/// The usbfs node of a device, for permission errors.
+pub(crate) fn node(d: &DeviceInfo) -> String {
+    format!("/dev/bus/usb/{:03}/{:03}", d.busnum(), d.device_address())
+}
+
+pub(crate) fn permission_fix() -> String {
+    "install the udev rule (sudo install -m 0644 udev/60-gateway.rules /etc/udev/rules.d/ && sudo udevadm control --reload && sudo udevadm trigger), \
+     join the `gateway` group and plug the cable in again, or run as root"
+        .into()
+}
+
+/// The devices on the bus with a gateway interface that `filter` accepts.
+pub(crate) async fn matching(filter: &HostFilter) -> Result<Vec<(DeviceInfo, u8)>, OpenError> {
+    let list = nusb::list_devices().await.map_err(|e| {
+        OpenError::Unsupported(format!(
+            "cannot list USB devices ({e}); is /sys/bus/usb there (a USB host controller)?"
+        ))
+    })?;
+    Ok(list
+        .filter(|d| filter.accepts(d))
+        .filter_map(|d| gateway_interface(&d).map(|i| (d, i)))
+        .collect())
+}
+
+fn open_error(d: &DeviceInfo, what: &str, e: nusb::Error) -> OpenError {
+    match e.kind() {
+        ErrorKind::PermissionDenied => OpenError::PermissionDenied {
+            what: format!("{} ({})", node(d), describe(d)),
+            fix: permission_fix(),
+        },
+        ErrorKind::Busy => OpenError::Busy(format!(
+            "the gateway interface of {} is claimed by another process or kernel driver ({what}: {e})",
+            describe(d)
+        )),
+        ErrorKind::NotFound | ErrorKind::Disconnected => {
+            OpenError::NotFound(format!("{} went away ({what}: {e})", describe(d)))
+        }
+        _ => OpenError::Io(std::io::Error::other(format!(
+            "{}: {what}: {e}",
+            describe(d)
+        ))),
+    }
+}
+
+/// Opens the first device `filter` accepts, as a link.
+pub(crate) async fn open(filter: &HostFilter, selector: &str) -> Result<Box<dyn Link>, OpenError> {
+    let found = matching(filter).await?;
+    if found.is_empty() {
+        return Err(OpenError::NotFound(format!(
+            "no USB device with a gateway interface{} is attached; is the cable in and is the other end running `gateway serve --listen usb:gadget`? `gateway links` lists the USB devices here",
+            filter
+                .vid_pid
+                .map(|(v, p)| format!(" ({v:04x}:{p:04x})"))
+                .unwrap_or_default()
+        )));
+    }
+    let mut last = None;
+    for (d, intf) in found {
+        match connect(&d, intf, selector).await {
+            Ok(link) => return Ok(Box::new(link)),
+            Err(e) => {
+                tracing::debug!(device = %describe(&d), error = %e, "USB open failed");
+                last = Some(e);
+            }
+        }
+    }
+    Err(last.expect("at least one device was tried"))
+}
+
+/// Claims `intf` of `d` and runs the session handshake.
+async fn connect(d: &DeviceInfo, intf: u8, selector: &str) -> Result<HostLink, OpenError> {
+    let dev = d.open().await.map_err(|e| open_error(d, "open", e))?;
+    let iface = dev
+        .claim_interface(intf)
+        .await
+        .map_err(|e| open_error(d, "claim", e))?;
+    let desc = iface.descriptor().ok_or_else(|| {
+        OpenError::Unsupported(format!(
+            "{}: interface {intf} has no descriptor",
+            describe(d)
+        ))
+    })?;
+    let bulk = |dir: Direction| {
+        let eps: Vec<u8> = desc
+            .endpoints()
+            .filter(|e| e.transfer_type() == TransferType::Bulk && e.direction() == dir)
+            .map(|e| e.address())
+            .collect();
+        match eps[..] {
+            [one] => Ok(one),
+            _ => Err(OpenError::Unsupported(format!(
+                "{} has the gateway interface but {} bulk {dir:?} endpoints, not one: not a gateway gadget (or another version)",
+                describe(d),
+                eps.len()
+            ))),
+        }
+    };
+    let (ep_in, ep_out) = (bulk(Direction::In)?, bulk(Direction::Out)?);
+    let info = LinkInfo {
+        selector: selector.to_string(),
+        local: "usb host".into(),
+        peer: describe(d),
+    };
+    let mut last = None;
+    for attempt in 1..=SESSION_ATTEMPTS {
+        let reply = timeout(
+            SESSION_TIMEOUT,
+            iface.control_in(
+                ControlIn {
+                    control_type: ControlType::Vendor,
+                    recipient: Recipient::Interface,
+                    request: REQ_OPEN,
+                    value: 0,
+                    index: intf.into(),
+                    length: OPEN_REPLY_LEN,
+                },
+                SESSION_TIMEOUT,
+            ),
+        )
+        .await
+        .map_err(|_| OpenError::Timeout(format!("{}: session request", describe(d))))?
+        .map_err(|e| {
+            OpenError::Refused(format!(
+                "{} did not accept the gateway session request ({e}); is a gateway node running on the gadget side?",
+                describe(d)
+            ))
+        })?;
+        let id = <[u8; 8]>::try_from(&reply[..])
+            .map(u64::from_be_bytes)
+            .map_err(|_| {
+                OpenError::Refused(format!(
+                    "{} answered the session request with {} bytes, not 8",
+                    describe(d),
+                    reply.len()
+                ))
+            })?;
+        let endpoint_error = |e| open_error(d, "endpoint", e);
+        let mut reader = iface
+            .endpoint::<Bulk, In>(ep_in)
+            .map_err(endpoint_error)?
+            .reader(TRANSFER_BYTES)
+            .with_num_transfers(TRANSFERS_IN_FLIGHT);
+        let mut writer = iface
+            .endpoint::<Bulk, Out>(ep_out)
+            .map_err(endpoint_error)?
+            .writer(TRANSFER_BYTES)
+            .with_num_transfers(TRANSFERS_IN_FLIGHT);
+        let mut frames = FrameReader::new(MAX_FRAME);
+        let first = match timeout(SESSION_TIMEOUT, frames.read(&mut reader)).await {
+            Err(_) => Err(LinkError::Timeout),
+            Ok(r) => r,
+        };
+        match first.and_then(|f| wire::check_hello(&f, id)) {
+            Ok(()) => {
+                send_frame(&mut writer, &wire::hello(id))
+                    .await
+                    .map_err(|e| {
+                        OpenError::Io(std::io::Error::other(format!(
+                            "{}: hello: {e}",
+                            describe(d)
+                        )))
+                    })?;
+                tracing::debug!(device = %describe(d), session = %format!("{id:016x}"), "USB session open");
+                return Ok(HostLink {
+                    info,
+                    tx: HostTx { writer },
+                    rx: HostRx {
+                        reader,
+                        frames,
+                        closed: false,
+                    },
+                });
+            }
+            Err(e) => {
+                tracing::debug!(device = %describe(d), attempt, error = %e, "USB session hello failed");
+                last = Some(e);
+            }
+        }
+    }
+    Err(OpenError::Refused(format!(
+        "{}: no clean session after {SESSION_ATTEMPTS} tries ({})",
+        describe(d),
+        last.map(|e| e.to_string()).unwrap_or_default()
+    )))
+}
+
+/// Writes one frame and submits it, ending with a short or zero-length
+/// packet so the gadget's read completes at the frame's end.
+async fn send_frame(w: &mut EndpointWrite<Bulk>, frame: &[u8]) -> Result<(), LinkError> {
+    let header = wire::header(frame.len(), MAX_FRAME)?;
+    w.write_all(&header).await?;
+    w.write_all(frame).await?;
+    w.submit_end();
+    Ok(())
+}
+
+struct HostLink {
+    info: LinkInfo,
+    tx: HostTx,
+    rx: HostRx,
+}
+
+impl Link for HostLink {
+    fn caps(&self) -> gateway_link::LinkCaps {
+        caps()
+    }
+    fn info(&self) -> &LinkInfo {
+        &self.info
+    }
+    fn split(self: Box<Self>) -> (Box<dyn FrameTx>, Box<dyn FrameRx>) {
+        (Box::new(self.tx), Box::new(self.rx))
+    }
+}
+
+struct HostTx {
+    writer: EndpointWrite<Bulk>,
+}
+
+#[async_trait]
+impl FrameTx for HostTx {
+    async fn send(&mut self, frame: &[u8]) -> Result<(), LinkError> {
+        send_frame(&mut self.writer, frame).await
+    }
+    async fn close(&mut self) -> Result<(), LinkError> {
+        send_frame(&mut self.writer, &[]).await?;
+        self.writer.flush_end_async().await?;
+        Ok(())
+    }
+}
+
+struct HostRx {
+    reader: EndpointRead<Bulk>,
+    frames: FrameReader,
+    closed: bool,
+}
+
+#[async_trait]
+impl FrameRx for HostRx {
+    async fn recv(&mut self) -> Result<Bytes, LinkError> {
+        if self.closed {
+            return Err(LinkError::Closed);
+        }
+        let f = self.frames.read(&mut self.reader).await?;
+        if f.is_empty() {
+            self.closed = true;
+            return Err(LinkError::Closed);
+        }
+        Ok(f)
+    }
+}
+
+/// A host-side listener: takes the next gateway device that appears (or is
+/// there and free), polling the bus.
+pub(crate) struct HostListener {
+    pub(crate) filter: HostFilter,
+    pub(crate) selector: String,
+}
+
+#[async_trait]
+impl Listener for HostListener {
+    fn local_selector(&self) -> String {
+        self.selector.clone()
+    }
+    async fn accept(&mut self) -> Result<Box<dyn Link>, LinkError> {
+        loop {
+            let found = matching(&self.filter)
+                .await
+                .map_err(|e| LinkError::Io(std::io::Error::other(e.to_string())))?;
+            for (d, intf) in found {
+                match connect(&d, intf, &self.selector).await {
+                    Ok(link) => return Ok(Box::new(link)),
+                    // In use by a link of ours (or someone else's): not news.
+                    Err(OpenError::Busy(_)) => {}
+                    Err(e) => {
+                        tracing::debug!(device = %describe(&d), error = %e, "USB accept failed")
+                    }
+                }
+            }
+            tokio::time::sleep(LISTEN_POLL).await;
+        }
+    }
+}
