@@ -73,6 +73,26 @@ pub(crate) fn describe(d: &DeviceInfo) -> String {
     )
 }
 
+/// The kernel driver holding interface `intf` of `d` ("usbfs" when a
+/// process claimed it), from sysfs.
+pub(crate) fn interface_driver(d: &DeviceInfo, intf: u8) -> Option<String> {
+    let dev = d.sysfs_path();
+    let name = dev.file_name()?.to_str()?.to_string();
+    std::fs::read_dir(dev)
+        .ok()?
+        .flatten()
+        .filter(|e| {
+            e.file_name().to_str().is_some_and(|n| {
+                n.strip_prefix(&name)
+                    .and_then(|r| r.strip_prefix(':'))
+                    .and_then(|r| r.split_once('.'))
+                    .is_some_and(|(_, i)| i.parse::<u8>().ok() == Some(intf))
+            })
+        })
+        .find_map(|e| std::fs::read_link(e.path().join("driver")).ok())
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+}
+
 /// The usbfs node of a device, for permission errors.
 pub(crate) fn node(d: &DeviceInfo) -> String {
     format!("/dev/bus/usb/{:03}/{:03}", d.busnum(), d.device_address())
@@ -341,7 +361,11 @@ impl Listener for HostListener {
             let found = matching(&self.filter)
                 .await
                 .map_err(|e| LinkError::Io(std::io::Error::other(e.to_string())))?;
-            for (d, intf) in found {
+            // Claimed (by a link of ours, or anyone): not ours to take.
+            for (d, intf) in found
+                .into_iter()
+                .filter(|(d, i)| interface_driver(d, *i).is_none())
+            {
                 match connect(&d, intf, &self.selector).await {
                     Ok(link) => return Ok(Box::new(link)),
                     // In use by a link of ours (or someone else's): not news.
