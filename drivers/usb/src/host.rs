@@ -279,6 +279,17 @@ async fn connect(d: &DeviceInfo, intf: u8, selector: &str) -> Result<HostLink, O
     )))
 }
 
+/// A failed bulk transfer, said as what it most often means.
+fn transfer_error(e: LinkError) -> LinkError {
+    match e {
+        LinkError::Io(e) => LinkError::Io(std::io::Error::new(
+            e.kind(),
+            format!("USB transfer failed ({e}): unplugged, or the gadget end stopped or reset"),
+        )),
+        other => other,
+    }
+}
+
 /// Writes one frame and submits it, ending with a short or zero-length
 /// packet so the gadget's read completes at the frame's end.
 async fn send_frame(w: &mut EndpointWrite<Bulk>, frame: &[u8]) -> Result<(), LinkError> {
@@ -314,7 +325,9 @@ struct HostTx {
 #[async_trait]
 impl FrameTx for HostTx {
     async fn send(&mut self, frame: &[u8]) -> Result<(), LinkError> {
-        send_frame(&mut self.writer, frame).await
+        send_frame(&mut self.writer, frame)
+            .await
+            .map_err(transfer_error)
     }
     async fn close(&mut self) -> Result<(), LinkError> {
         send_frame(&mut self.writer, &[]).await?;
@@ -335,7 +348,11 @@ impl FrameRx for HostRx {
         if self.closed {
             return Err(LinkError::Closed);
         }
-        let f = self.frames.read(&mut self.reader).await?;
+        let f = self
+            .frames
+            .read(&mut self.reader)
+            .await
+            .map_err(transfer_error)?;
         if f.is_empty() {
             self.closed = true;
             return Err(LinkError::Closed);
