@@ -157,4 +157,9 @@ def leg(rs, rok, gs, gok, js):
 print(json.dumps({"rig": "usb", "link": "CDC-ACM via dummy_hcd", "size": size, "bytes": n,
                   "host_to_gadget": leg(*a[2:7]), "gadget_to_host": leg(*a[7:12])}, indent=1))
 PY
-[ "$GW_OK_HG" = ok ] && { [ "${REVERSE:-1}" != 1 ] || [ "$GW_OK_GH" = ok ]; }
+acm_rc=0
+[ "$GW_OK_HG" = ok ] && { [ "${REVERSE:-1}" != 1 ] || [ "$GW_OK_GH" = ok ]; } || acm_rc=1
+# Then the bulk link over FunctionFS on dummy_udc.1 (FFS=0 skips it).
+ffs_rc=0
+[ "${FFS:-1}" = 1 ] && { "$(dirname "$0")/rig-guest-usb-ffs.sh" || ffs_rc=$?; }
+[ "$acm_rc" = 0 ] && [ "$ffs_rc" = 0 ]

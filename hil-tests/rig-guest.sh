@@ -6,7 +6,9 @@
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 [ "$$" = 1 ] || { echo "rig-guest.sh runs as the guest's init only" >&2; exit 2; }
 mount -t tmpfs tmpfs /run
-mount -t tmpfs -o size=85% tmpfs /tmp
+# /tmp stays the overlay's (tmpfs upper over the host's /tmp): a checkout or
+# cache under the host's /tmp stays visible, and what the tests write lands
+# in guest memory.
 mkdir -p /dev/pts /dev/shm /out
 mount -t devpts devpts /dev/pts
 mount -t tmpfs tmpfs /dev/shm
