@@ -54,6 +54,8 @@ gw() {
   "$GW" --trust any --state "$d/st-recv" serve --dir "$d/recv" "${listen[@]}" --no-mdns > "$d/serve.log" 2>&1 &
   spid=$!
   sleep 2
+  # What `gateway links` says of USB, once, with the gadget up and free.
+  [ "$tag" = host-to-gadget ] && "$GW" links | grep '^usb' | sed 's/^/guest: [ffs] links: /'
   t0=$(now)
   if [ -n "${UNPLUG:-}" ]; then
     # Once a quarter of the file has landed (allocated blocks of the part file).

@@ -32,6 +32,11 @@ pub(crate) async fn probe() -> Vec<Adapter> {
                 seen,
             )
         }
+        Err(_) if !Path::new("/sys/bus/usb").exists() => vec![row(
+            "host",
+            false,
+            "no USB host controller here (/sys/bus/usb is absent): this machine cannot be the host end of a cable".into(),
+        )],
         Err(e) => vec![row("host", false, e.to_string())],
     };
     out.extend(gadget_rows(
