@@ -12,12 +12,11 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use gateway_usb::{
-    INTERFACE_NAME, INTERFACE_PROTOCOL, INTERFACE_SUBCLASS, PRODUCT_ID, TRANSFER_BYTES,
-    TRANSFERS_IN_FLIGHT, VENDOR_ID,
+    GadgetParts, INTERFACE_PROTOCOL, INTERFACE_SUBCLASS, TRANSFER_BYTES, TRANSFERS_IN_FLIGHT,
+    gadget_parts,
 };
 use nusb::transfer::{Buffer, Bulk, In, Out};
-use usb_gadget::function::custom::{Custom, Endpoint, EndpointDirection, Event, Interface};
-use usb_gadget::{Class, Config, Gadget, Id, Strings};
+use usb_gadget::function::custom::Event;
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -41,25 +40,12 @@ async fn gadget(udc_name: &str, dir: &str, bytes: u64) -> Res<()> {
         .into_iter()
         .find(|u| u.name() == udc_name)
         .ok_or("no such UDC")?;
-    let queue = TRANSFERS_IN_FLIGHT as u32;
-    let (mut rx, rx_dir) = EndpointDirection::host_to_device();
-    let (mut tx, tx_dir) = EndpointDirection::device_to_host();
-    let (mut custom, handle) = Custom::builder()
-        .with_interface(
-            Interface::new(
-                Class::vendor_specific(INTERFACE_SUBCLASS, INTERFACE_PROTOCOL),
-                INTERFACE_NAME,
-            )
-            .with_endpoint(Endpoint::bulk(rx_dir.with_queue_len(queue)))
-            .with_endpoint(Endpoint::bulk(tx_dir.with_queue_len(queue))),
-        )
-        .build();
-    let mut def = Gadget::new(
-        Class::INTERFACE_SPECIFIC,
-        Id::new(VENDOR_ID, PRODUCT_ID),
-        Strings::new("gateway", "raw", "raw"),
-    )
-    .with_config(Config::new("raw").with_function(handle));
+    let GadgetParts {
+        mut custom,
+        mut tx,
+        mut rx,
+        mut def,
+    } = gadget_parts("raw", "raw");
     def.name = Some("gateway-raw".into());
     let reg = def.register()?;
     reg.bind(Some(&udc))?;

@@ -24,7 +24,7 @@ use usb_gadget::{Class, Config, Gadget as GadgetDef, Id, RegGadget, Strings, Udc
 use crate::wire::{self, HEADER_LEN, REQ_OPEN, Reassembler};
 use crate::{
     GADGET_NAME, INTERFACE_NAME, INTERFACE_PROTOCOL, INTERFACE_SUBCLASS, MAX_FRAME, PRODUCT_ID,
-    TRANSFER_BYTES, TRANSFERS_IN_FLIGHT, VENDOR_ID, caps,
+    TRANSFER_BYTES, TRANSFERS_IN_FLIGHT, UsbLink, VENDOR_ID,
 };
 
 /// How long a new session waits for the old one's halves to let go.
@@ -141,33 +141,67 @@ fn clear_stale() -> Result<(), OpenError> {
     Ok(())
 }
 
+/// The pieces of a gateway gadget before it is registered: the FunctionFS
+/// function (one vendor interface, bulk OUT + bulk IN, each with
+/// [`TRANSFERS_IN_FLIGHT`] AIO requests queued), its endpoints, and a
+/// one-configuration gadget with the gateway's identity.
+#[doc(hidden)]
+pub struct GadgetParts {
+    /// ep0: events and control requests.
+    pub custom: Custom,
+    /// Bulk IN (device to host).
+    pub tx: EndpointSender,
+    /// Bulk OUT (host to device).
+    pub rx: EndpointReceiver,
+    /// The gadget; set its `name` and register it.
+    pub def: GadgetDef,
+}
+
+/// A gateway gadget's parts, with `product` and `serial` as its strings
+/// (also used by the raw bulk loop, so both run the same descriptors).
+#[doc(hidden)]
+pub fn parts(product: &str, serial: &str) -> GadgetParts {
+    let (rx, rx_dir) = EndpointDirection::host_to_device();
+    let (tx, tx_dir) = EndpointDirection::device_to_host();
+    let queue = u32::try_from(TRANSFERS_IN_FLIGHT).expect("small");
+    let (custom, handle) = Custom::builder()
+        .with_interface(
+            Interface::new(
+                Class::vendor_specific(INTERFACE_SUBCLASS, INTERFACE_PROTOCOL),
+                INTERFACE_NAME,
+            )
+            .with_endpoint(Endpoint::bulk(rx_dir.with_queue_len(queue)))
+            .with_endpoint(Endpoint::bulk(tx_dir.with_queue_len(queue))),
+        )
+        .build();
+    let def = GadgetDef::new(
+        Class::INTERFACE_SPECIFIC,
+        Id::new(VENDOR_ID, PRODUCT_ID),
+        Strings::new("gateway", product, serial),
+    )
+    .with_config(Config::new("gateway").with_function(handle));
+    GadgetParts {
+        custom,
+        tx,
+        rx,
+        def,
+    }
+}
+
 impl Gadget {
     /// Builds the gadget, binds it to a UDC and starts serving ep0.
     pub(crate) fn start(udc: Option<&str>) -> Result<Gadget, OpenError> {
         let udc = pick_udc(udc)?;
         clear_stale()?;
-        let (rx, rx_dir) = EndpointDirection::host_to_device();
-        let (tx, tx_dir) = EndpointDirection::device_to_host();
-        let queue = u32::try_from(TRANSFERS_IN_FLIGHT).expect("small");
-        let (mut custom, handle) = Custom::builder()
-            .with_interface(
-                Interface::new(
-                    Class::vendor_specific(INTERFACE_SUBCLASS, INTERFACE_PROTOCOL),
-                    INTERFACE_NAME,
-                )
-                .with_endpoint(Endpoint::bulk(rx_dir.with_queue_len(queue)))
-                .with_endpoint(Endpoint::bulk(tx_dir.with_queue_len(queue))),
-            )
-            .build();
         let serial = std::fs::read_to_string("/proc/sys/kernel/hostname")
             .map(|h| h.trim().to_string())
             .unwrap_or_else(|_| "gateway".into());
-        let mut def = GadgetDef::new(
-            Class::INTERFACE_SPECIFIC,
-            Id::new(VENDOR_ID, PRODUCT_ID),
-            Strings::new("gateway", "gateway link", serial),
-        )
-        .with_config(Config::new("gateway").with_function(handle));
+        let GadgetParts {
+            mut custom,
+            tx,
+            rx,
+            mut def,
+        } = parts("gateway link", &serial);
         def.name = Some(GADGET_NAME.into());
         let reg = def
             .register()
@@ -299,7 +333,7 @@ fn gone(eps: &Endpoints) -> LinkError {
 
 impl Session {
     pub(crate) fn into_link(self, selector: &str) -> Box<dyn Link> {
-        Box::new(GadgetLink {
+        Box::new(UsbLink {
             info: LinkInfo {
                 selector: selector.to_string(),
                 local: format!("usb gadget on {}", self.udc),
@@ -320,24 +354,6 @@ impl Session {
                 frames: Reassembler::new(MAX_FRAME),
             },
         })
-    }
-}
-
-struct GadgetLink {
-    info: LinkInfo,
-    tx: GadgetTx,
-    rx: GadgetRx,
-}
-
-impl Link for GadgetLink {
-    fn caps(&self) -> gateway_link::LinkCaps {
-        caps()
-    }
-    fn info(&self) -> &LinkInfo {
-        &self.info
-    }
-    fn split(self: Box<Self>) -> (Box<dyn FrameTx>, Box<dyn FrameRx>) {
-        (Box::new(self.tx), Box::new(self.rx))
     }
 }
 

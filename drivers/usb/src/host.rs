@@ -18,7 +18,7 @@ use tokio::time::timeout;
 use crate::wire::{self, OPEN_REPLY_LEN, REQ_OPEN};
 use crate::{
     INTERFACE_CLASS, INTERFACE_PROTOCOL, INTERFACE_SUBCLASS, MAX_FRAME, TRANSFER_BYTES,
-    TRANSFERS_IN_FLIGHT, caps,
+    TRANSFERS_IN_FLIGHT, UsbLink,
 };
 
 /// How long the session request and the gadget's hello may take.
@@ -163,7 +163,11 @@ pub(crate) async fn open(filter: &HostFilter, selector: &str) -> Result<Box<dyn 
 }
 
 /// Claims `intf` of `d` and runs the session handshake.
-async fn connect(d: &DeviceInfo, intf: u8, selector: &str) -> Result<HostLink, OpenError> {
+async fn connect(
+    d: &DeviceInfo,
+    intf: u8,
+    selector: &str,
+) -> Result<UsbLink<HostTx, HostRx>, OpenError> {
     let dev = d.open().await.map_err(|e| open_error(d, "open", e))?;
     let iface = dev
         .claim_interface(intf)
@@ -256,7 +260,7 @@ async fn connect(d: &DeviceInfo, intf: u8, selector: &str) -> Result<HostLink, O
                         )))
                     })?;
                 tracing::debug!(device = %describe(d), session = %format!("{id:016x}"), "USB session open");
-                return Ok(HostLink {
+                return Ok(UsbLink {
                     info,
                     tx: HostTx { writer },
                     rx: HostRx {
@@ -298,24 +302,6 @@ async fn send_frame(w: &mut EndpointWrite<Bulk>, frame: &[u8]) -> Result<(), Lin
     w.write_all(frame).await?;
     w.submit_end();
     Ok(())
-}
-
-struct HostLink {
-    info: LinkInfo,
-    tx: HostTx,
-    rx: HostRx,
-}
-
-impl Link for HostLink {
-    fn caps(&self) -> gateway_link::LinkCaps {
-        caps()
-    }
-    fn info(&self) -> &LinkInfo {
-        &self.info
-    }
-    fn split(self: Box<Self>) -> (Box<dyn FrameTx>, Box<dyn FrameRx>) {
-        (Box::new(self.tx), Box::new(self.rx))
-    }
 }
 
 struct HostTx {

@@ -26,12 +26,15 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use gateway_link::{
-    Adapter, Link, LinkCaps, LinkDriver, LinkError, LinkKind, Listener, OpenError, Selector,
-    SelectorError,
+    Adapter, FrameRx, FrameTx, Link, LinkCaps, LinkDriver, LinkError, LinkInfo, LinkKind, Listener,
+    OpenError, Selector, SelectorError,
 };
 
 mod gadget;
 mod host;
+
+#[doc(hidden)]
+pub use gadget::{GadgetParts, parts as gadget_parts};
 mod probe;
 mod wire;
 
@@ -55,6 +58,25 @@ pub const TRANSFER_BYTES: usize = 256 * 1024;
 pub const TRANSFERS_IN_FLIGHT: usize = 8;
 /// Largest frame: a 16 MiB chunk plus room for the frame around it (as TCP).
 pub const MAX_FRAME: usize = 16 * 1024 * 1024 + 64 * 1024;
+
+/// An open USB link of either end: its info and its two halves.
+struct UsbLink<T, R> {
+    info: LinkInfo,
+    tx: T,
+    rx: R,
+}
+
+impl<T: FrameTx + 'static, R: FrameRx + 'static> Link for UsbLink<T, R> {
+    fn caps(&self) -> LinkCaps {
+        caps()
+    }
+    fn info(&self) -> &LinkInfo {
+        &self.info
+    }
+    fn split(self: Box<Self>) -> (Box<dyn FrameTx>, Box<dyn FrameRx>) {
+        (Box::new(self.tx), Box::new(self.rx))
+    }
+}
 
 fn caps() -> LinkCaps {
     LinkCaps {
