@@ -1139,7 +1139,31 @@ fn links_lists_tcp_and_serial_and_the_radios_as_unavailable_with_a_reason() {
         !of("serial").is_empty(),
         "links --json: expected a serial row, got {rows:?}"
     );
-    for scheme in ["usb", "rfcomm", "ble"] {
+    // USB is built in: a row for each end, unusable with the reason on a
+    // machine without a USB host controller or device controller (CI).
+    let usb = of("usb");
+    assert!(
+        usb.len() >= 2,
+        "links --json: expected usb rows for the host end and the gadget end, got {usb:?}"
+    );
+    for row in &usb {
+        let why = row["detail"].as_str().unwrap_or("");
+        assert!(
+            row["usable"] == true || !why.trim().is_empty(),
+            "links --json: an unusable usb row must say why, got {row}"
+        );
+    }
+    if !std::path::Path::new("/sys/bus/usb").exists() {
+        assert!(
+            usb.iter().any(|r| r["usable"] == false
+                && r["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("no USB host controller")),
+            "links --json: expected the host end unusable for want of a controller, got {usb:?}"
+        );
+    }
+    for scheme in ["rfcomm", "ble"] {
         let r = of(scheme);
         assert!(
             !r.is_empty(),
