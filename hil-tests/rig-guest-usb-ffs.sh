@@ -7,8 +7,9 @@
 # gadget identity, transfer size and queue depth as the driver, nothing else)
 # both ways, then gateway over `usb:gadget:dummy_udc.1` <-> `usb:` both ways,
 # a hot unplug mid-transfer (the gadget's UDC unbound for 2 s, then bound
-# again), and USB + TCP at once. Appends rows to /out/result.txt and
-# /out/result-ffs.json; exits non-zero if any hash or step failed.
+# again), and USB + TCP at once. Each step prints a "guest: [ffs] step N/8"
+# line, then its result. Appends rows to /out/result.txt and a "functionfs"
+# object to /out/result.json; exits non-zero if any hash or step failed.
 set -uo pipefail
 say() { echo "guest: [ffs] $*"; }
 now() { date +%s.%N; }
@@ -19,26 +20,38 @@ UDC=dummy_udc.1
 RAW=${RAW:-$(dirname "$GW")/examples/usb_raw}
 FAILS=()
 fail_step() { say "FAIL: $*"; FAILS+=("$*"); }
+STEP=0
+T_START=$(now)
+step() { STEP=$((STEP + 1)); say "step $STEP/8: $*"; }
 
 ip link set lo up   # for the TCP rows
 modprobe usb_f_fs || { say "FAIL: modprobe usb_f_fs"; exit 1; }
 [ -x "$RAW" ] || { say "FAIL: no raw loop binary at $RAW (cargo build --release -p gateway-usb --example usb_raw)"; exit 1; }
 BYTES=$(numfmt --from=iec "${SIZE%iB}")
 W=/tmp/ffs; mkdir -p "$W"
-[ -f /tmp/w/src.bin ] && ln -sf /tmp/w/src.bin "$W/src.bin" || head -c "$BYTES" /dev/urandom > "$W/src.bin"
+if [ -f /tmp/w/src.bin ]; then ln -sf /tmp/w/src.bin "$W/src.bin"; else head -c "$BYTES" /dev/urandom > "$W/src.bin"; fi
 SHA=$(sha256sum < "$W/src.bin" | cut -d' ' -f1)
 export RUST_LOG=${FFS_RUST_LOG:-gateway_usb=debug,gateway_node=info,warn}
+# A send that makes no progress must not eat the whole guest TIMEOUT: allow
+# 60 s plus 1 s per MB (gateway moves 2-16 MB/s here).
+SEND_TIMEOUT=$((60 + BYTES / 1000000))
 
-# raw DIR (out = host -> gadget, in = gadget -> host): sets RAW_MBS
+# raw DIR [N] (out = host -> gadget, in = gadget -> host; N bytes, default
+# SIZE): the gadget role in the background, then the host role; sets RAW_MBS
+# and RAW_SECS.
 raw() {
-  local dir=$1 gp out
-  "$RAW" gadget "$UDC" "$dir" "$BYTES" > "$W/raw-gadget.log" 2>&1 &
+  local dir=$1 n=${2:-$BYTES} gp out grc=0
+  timeout 150 "$RAW" gadget --udc "$UDC" --dir "$dir" --bytes "$n" > "$W/raw-gadget.log" 2>&1 &
   gp=$!
-  out=$(timeout 120 "$RAW" host "$dir" "$BYTES" 2>&1)
-  wait "$gp" || fail_step "raw $dir gadget side: $(tail -n 3 "$W/raw-gadget.log")"
+  out=$(timeout 120 "$RAW" host --vid-pid 1d6b:0104 --dir "$dir" --bytes "$n" 2>&1) || grc=$?
+  wait "$gp" || fail_step "raw $dir $n: gadget side: $(tail -n 3 "$W/raw-gadget.log" | tr '\n' ' ')"
   RAW_MBS=$(sed -n 's/.*"mb_s":\([0-9.]*\).*/\1/p' <<< "$out")
-  [ -n "$RAW_MBS" ] || { fail_step "raw $dir: $out"; RAW_MBS=0; }
-  say "raw bulk loop $dir: $out"
+  RAW_SECS=$(sed -n 's/.*"secs":\([0-9.]*\).*/\1/p' <<< "$out")
+  if [ "$grc" != 0 ] || [ -z "$RAW_MBS" ]; then
+    fail_step "raw $dir $n: host side (rc=$grc): $out"
+    RAW_MBS=0 RAW_SECS=0
+  fi
+  say "raw bulk loop $dir: $out; $(tail -n 1 "$W/raw-gadget.log")"
 }
 
 # gw TAG LISTEN... -- TO...: serve --listen each LISTEN, send --to each TO;
@@ -54,6 +67,7 @@ gw() {
   "$GW" --trust any --state "$d/st-recv" serve --dir "$d/recv" "${listen[@]}" --no-mdns > "$d/serve.log" 2>&1 &
   spid=$!
   sleep 2
+  kill -0 "$spid" 2> /dev/null || { fail_step "gateway $tag: serve exited at once: $(tail -n 5 "$d/serve.log" | tr '\n' ' ')"; GW_OK=FAIL GW_MBS=0 GW_JSON='{}'; return; }
   # What `gateway links` says of USB, once, with the gadget up and free.
   [ "$tag" = host-to-gadget ] && "$GW" links | grep '^usb' | sed 's/^/guest: [ffs] links: /'
   t0=$(now)
@@ -66,7 +80,7 @@ gw() {
       echo "unbound $(now)"; sleep 2; echo "$UDC" > /sys/kernel/config/usb_gadget/gateway/UDC; echo "bound $(now)" ) > "$d/unplug.log" 2>&1 &
     upid=$!
   fi
-  timeout 600 "$GW" --trust any --state "$d/st-send" send "$W/src.bin" "${to[@]}" --json --no-mdns \
+  timeout "$SEND_TIMEOUT" "$GW" --trust any --state "$d/st-send" send "$W/src.bin" "${to[@]}" --json --no-mdns \
     > "$d/send.out" 2> "$d/send.err" || grc=$?
   t1=$(now)
   [ -n "$upid" ] && wait "$upid"
@@ -85,18 +99,29 @@ gw() {
   rm -rf "$d/recv"
 }
 
-raw out; RAW_OUT=$RAW_MBS
-raw in; RAW_IN=$RAW_MBS
-gw host-to-gadget "usb:gadget:$UDC" -- "usb:"; GW_OUT=$GW_MBS; OK_OUT=$GW_OK
-gw gadget-to-host "usb:" -- "usb:gadget:$UDC"; GW_IN=$GW_MBS; OK_IN=$GW_OK
-UNPLUG=1 gw unplug "usb:gadget:$UDC" -- "usb:"; OK_UNPLUG=$GW_OK
+step "raw bulk loop host -> gadget (usb_raw, $BYTES bytes)"
+raw out; RAW_OUT=$RAW_MBS RAW_OUT_S=$RAW_SECS
+step "raw bulk loop gadget -> host (usb_raw, $BYTES bytes)"
+raw in; RAW_IN=$RAW_MBS RAW_IN_S=$RAW_SECS
+# A last transfer shorter than 256 KiB but a whole number of 512-byte
+# packets: without equal transfer sizes (or a ZLP) the reader waits forever.
+step "raw bulk loop, a tail on a packet boundary (1 MiB + 1536 bytes) both ways"
+raw out $((1048576 + 1536)); raw in $((1048576 + 1536))
+step "gateway host -> gadget: serve --listen usb:gadget:$UDC, send --to usb:"
+gw host-to-gadget "usb:gadget:$UDC" -- "usb:"; GW_OUT=$GW_MBS OK_OUT=$GW_OK
+step "gateway gadget -> host: serve --listen usb:, send --to usb:gadget:$UDC"
+gw gadget-to-host "usb:" -- "usb:gadget:$UDC"; GW_IN=$GW_MBS OK_IN=$GW_OK
+step "hot unplug: host -> gadget, the UDC unbound for 2 s once a quarter has landed"
+UNPLUG=1 gw unplug "usb:gadget:$UDC" -- "usb:"; OK_UNPLUG=$GW_OK UNPLUG_JSON=$GW_JSON UNPLUG_MBS=$GW_MBS
 grep -q 'link back' /out/ffs-unplug-send.err \
   || fail_step "unplug: the USB link never came back (the transfer did not need it?)"
 # The same transfer over TCP on the guest's loopback: gateway's CPU ceiling
 # here (under TCG, encryption and hashing cost far more than moving bytes).
-gw tcp-loopback tcp:127.0.0.1:7412 -- tcp:127.0.0.1:7412; GW_TCP=$GW_MBS
-gw usb-and-tcp "usb:gadget:$UDC" tcp:127.0.0.1:7411 -- "usb:" tcp:127.0.0.1:7411; OK_BOTH=$GW_OK
-BOTH=$(python3 -c 'import json,sys; l=json.loads(sys.argv[1])["links"]; print(" ".join("%s=%d" % (x["selector"], x["bytes"]) for x in l)); sys.exit(0 if len(l) == 2 and all(x["bytes"] > 0 for x in l) else 1)' "$GW_JSON") \
+step "gateway over TCP on the guest's loopback alone (its CPU ceiling here)"
+gw tcp-loopback tcp:127.0.0.1:7412 -- tcp:127.0.0.1:7412; GW_TCP=$GW_MBS OK_TCP=$GW_OK
+step "gateway USB + TCP at once: send --to usb: --to tcp:127.0.0.1:7411"
+gw usb-and-tcp "usb:gadget:$UDC" tcp:127.0.0.1:7411 -- "usb:" tcp:127.0.0.1:7411; OK_BOTH=$GW_OK BOTH_JSON=$GW_JSON
+BOTH=$(python3 -c 'import json,sys; l=json.loads(sys.argv[1]).get("links", []); print(" ".join("%s=%d" % (x["selector"], x["bytes"]) for x in l)); sys.exit(0 if len(l) == 2 and all(x["bytes"] > 0 for x in l) else 1)' "$BOTH_JSON" 2>&1) \
   || fail_step "usb+tcp: not both links carried bytes ($BOTH)"
 say "usb + tcp bytes per link: $BOTH"
 
@@ -108,12 +133,37 @@ say "usb + tcp bytes per link: $BOTH"
   echo "gateway over TCP on the guest's loopback (its CPU ceiling under TCG): $GW_TCP MB/s"
   echo "unplug (UDC unbound 2 s mid-transfer): $OK_UNPLUG; usb + tcp at once: $OK_BOTH ($BOTH)"
 } >> /out/result.txt
-python3 - > /out/result-ffs.json <<PY
-import json
-print(json.dumps({"link": "FunctionFS bulk via dummy_hcd", "size": "$SIZE",
-  "host_to_gadget": {"raw_mb_s": float("$RAW_OUT" or 0), "gateway_mb_s": float("$GW_OUT" or 0), "status": "$OK_OUT"},
-  "gadget_to_host": {"raw_mb_s": float("$RAW_IN" or 0), "gateway_mb_s": float("$GW_IN" or 0), "status": "$OK_IN"},
-  "gateway_tcp_loopback_mb_s": float("$GW_TCP" or 0), "unplug": "$OK_UNPLUG", "usb_and_tcp": "$OK_BOTH"}, indent=1))
+# Into result.json beside the ACM legs (rig-guest-usb.sh wrote it first).
+python3 - "$SIZE" "$BYTES" "$RAW_OUT" "$RAW_OUT_S" "$GW_OUT" "$OK_OUT" "$RAW_IN" "$RAW_IN_S" "$GW_IN" "$OK_IN" \
+  "$GW_TCP" "$OK_TCP" "$OK_UNPLUG" "$UNPLUG_MBS" "$UNPLUG_JSON" "$OK_BOTH" "$BOTH_JSON" "${FAILS[*]:-}" <<'PY' || fail_step "writing result.json"
+import json, sys
+(size, n, raw_out, raw_out_s, gw_out, ok_out, raw_in, raw_in_s, gw_in, ok_in,
+ gw_tcp, ok_tcp, ok_unplug, unplug_mbs, unplug_json, ok_both, both_json, fails) = sys.argv[1:]
+def num(x):
+    try: return float(x)
+    except ValueError: return None
+def js(x):
+    try: return json.loads(x)
+    except ValueError: return None
+def leg(raw, raw_s, gw, ok):
+    r, g = num(raw), num(gw)
+    return {"raw_mb_s": r, "raw_secs": num(raw_s), "gateway_mb_s": g,
+            "gateway_over_raw": g / r if r and g is not None else None, "status": ok}
+ffs = {"link": "FunctionFS bulk via dummy_hcd (dummy_udc.1)", "size": size, "bytes": int(n),
+       "host_to_gadget": leg(raw_out, raw_out_s, gw_out, ok_out),
+       "gadget_to_host": leg(raw_in, raw_in_s, gw_in, ok_in),
+       "gateway_tcp_loopback": {"mb_s": num(gw_tcp), "status": ok_tcp},
+       "unplug": {"status": ok_unplug, "mb_s": num(unplug_mbs), "send_json": js(unplug_json)},
+       "usb_and_tcp": {"status": ok_both, "send_json": js(both_json)},
+       "failed_steps": fails or None}
+try:
+    with open("/out/result.json") as f: doc = json.load(f)
+except (OSError, ValueError):
+    doc = {"rig": "usb"}
+doc["functionfs"] = ffs
+with open("/out/result.json", "w") as f: json.dump(doc, f, indent=1)
 PY
-[ "${#FAILS[@]}" = 0 ] || { say "${#FAILS[@]} failed: ${FAILS[*]}"; exit 1; }
-say "all passed"
+T_FFS=$(secs "$T_START" "$(now)")
+echo "FunctionFS part took ${T_FFS}s (guest wall)" >> /out/result.txt
+[ "${#FAILS[@]}" = 0 ] || { say "${#FAILS[@]} failed in ${T_FFS}s: ${FAILS[*]}"; exit 1; }
+say "all passed in ${T_FFS}s"
