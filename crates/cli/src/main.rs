@@ -209,6 +209,27 @@ enum ConfigCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum UsbGadgetCmd {
+    /// Register the gateway USB gadget (unbound) for an unprivileged serve:
+    /// FunctionFS mounted at DIR and owned by USER, the gadget's UDC
+    /// attribute too. Then, as USER: `gateway serve --listen usb:gadget?ffs=DIR`.
+    Setup {
+        /// Who will serve it (default: the user running this, usually root).
+        #[arg(long, value_name = "USER")]
+        user: Option<String>,
+        /// Where FunctionFS is mounted.
+        #[arg(long, value_name = "DIR", default_value = "/dev/usb-ffs/gateway")]
+        dir: PathBuf,
+        /// Also a CDC-ACM function, for the serial driver
+        /// (/dev/ttyGS0 here, /dev/ttyACM0 on the host).
+        #[arg(long)]
+        acm: bool,
+    },
+    /// Unbind and remove the gateway USB gadget, and unmount its FunctionFS.
+    Teardown,
+}
+
+#[derive(Subcommand, Debug)]
 enum Cmd {
     /// Receive files into DIR on every --listen selector.
     Serve {
@@ -289,6 +310,13 @@ enum Cmd {
         /// JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Prepare or remove the USB gadget (root) so an unprivileged `gateway
+    /// serve` can be the device end of a USB cable.
+    #[command(name = "usb-gadget")]
+    UsbGadget {
+        #[command(subcommand)]
+        action: UsbGadgetCmd,
     },
     /// Unfinished transfers with their progress.
     #[command(args_conflicts_with_subcommands = true)]
@@ -551,6 +579,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Trust { id } => peers::set(&ctx, &id, true),
         Cmd::Untrust { id } => peers::set(&ctx, &id, false),
         Cmd::Links { json } => links(json).await,
+        Cmd::UsbGadget { action } => usb_gadget(action),
         Cmd::Transfers { json, action: None } => transfers(&ctx.state_dir, json),
         Cmd::Transfers {
             action: Some(TransfersCmd::Resume { id, json }),
@@ -793,6 +822,43 @@ fn print_report(r: &SendReport, json: bool) {
                 String::new()
             }
         );
+    }
+}
+
+fn usb_gadget(action: UsbGadgetCmd) -> Result<ExitCode> {
+    match action {
+        UsbGadgetCmd::Setup { user, dir, acm } => {
+            let (uid, gid, who) = match user {
+                None => (
+                    nix::unistd::getuid().as_raw(),
+                    nix::unistd::getgid().as_raw(),
+                    "this user".to_string(),
+                ),
+                Some(name) => {
+                    let u = nix::unistd::User::from_name(&name)
+                        .with_context(|| format!("cannot look up user {name}"))?
+                        .with_context(|| format!("no user named {name}"))?;
+                    (u.uid.as_raw(), u.gid.as_raw(), name)
+                }
+            };
+            let at = gateway_usb::setup_gadget(&dir, uid, gid, acm)?;
+            println!(
+                "gadget registered at {} (unbound), FunctionFS at {} for {who}{}\nnow, as {who}: gateway serve --listen 'usb:gadget?ffs={}'",
+                at.display(),
+                dir.display(),
+                if acm { ", with a CDC-ACM function" } else { "" },
+                dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        UsbGadgetCmd::Teardown => {
+            if gateway_usb::teardown_gadget()? {
+                println!("gateway gadget removed");
+            } else {
+                println!("no gateway gadget to remove");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

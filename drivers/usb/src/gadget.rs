@@ -9,6 +9,7 @@
 //! (unplug, host reset, UDC unbound) ends the session too.
 
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
@@ -17,7 +18,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use gateway_link::{FrameRx, FrameTx, Link, LinkError, LinkInfo, OpenError};
 use tokio::sync::{Mutex, mpsc, watch};
 use usb_gadget::function::custom::{
-    Custom, Endpoint, EndpointDirection, EndpointReceiver, EndpointSender, Event, Interface,
+    Custom, CustomBuilder, Endpoint, EndpointDirection, EndpointReceiver, EndpointSender, Event,
+    Interface,
 };
 use usb_gadget::{Class, Config, Gadget as GadgetDef, Id, RegGadget, Strings, Udc};
 
@@ -157,58 +159,152 @@ pub struct GadgetParts {
     pub def: GadgetDef,
 }
 
-/// A gateway gadget's parts, with `product` and `serial` as its strings
-/// (also used by the raw bulk loop, so both run the same descriptors).
-#[doc(hidden)]
-pub fn parts(product: &str, serial: &str) -> GadgetParts {
+/// The gateway function: one vendor interface, bulk OUT + bulk IN, each
+/// with [`TRANSFERS_IN_FLIGHT`] AIO requests queued.
+fn function() -> (CustomBuilder, EndpointSender, EndpointReceiver) {
     let (rx, rx_dir) = EndpointDirection::host_to_device();
     let (tx, tx_dir) = EndpointDirection::device_to_host();
     let queue = u32::try_from(TRANSFERS_IN_FLIGHT).expect("small");
-    let (custom, handle) = Custom::builder()
-        .with_interface(
-            Interface::new(
-                Class::vendor_specific(INTERFACE_SUBCLASS, INTERFACE_PROTOCOL),
-                INTERFACE_NAME,
-            )
-            .with_endpoint(Endpoint::bulk(rx_dir.with_queue_len(queue)))
-            .with_endpoint(Endpoint::bulk(tx_dir.with_queue_len(queue))),
+    let builder = Custom::builder().with_interface(
+        Interface::new(
+            Class::vendor_specific(INTERFACE_SUBCLASS, INTERFACE_PROTOCOL),
+            INTERFACE_NAME,
         )
-        .build();
-    let def = GadgetDef::new(
+        .with_endpoint(Endpoint::bulk(rx_dir.with_queue_len(queue)))
+        .with_endpoint(Endpoint::bulk(tx_dir.with_queue_len(queue))),
+    );
+    (builder, tx, rx)
+}
+
+/// A one-configuration gadget with the gateway's identity around `handle`.
+fn definition(product: &str, serial: &str, handle: usb_gadget::function::Handle) -> GadgetDef {
+    GadgetDef::new(
         Class::INTERFACE_SPECIFIC,
         Id::new(VENDOR_ID, PRODUCT_ID),
         Strings::new("gateway", product, serial),
     )
-    .with_config(Config::new("gateway").with_function(handle));
+    .with_config(Config::new("gateway").with_function(handle))
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "gateway".into())
+}
+
+/// A gateway gadget's parts, with `product` and `serial` as its strings
+/// (also used by the raw bulk loop, so both run the same descriptors).
+#[doc(hidden)]
+pub fn parts(product: &str, serial: &str) -> GadgetParts {
+    let (builder, tx, rx) = function();
+    let (custom, handle) = builder.build();
     GadgetParts {
         custom,
         tx,
         rx,
-        def,
+        def: definition(product, serial, handle),
     }
+}
+
+/// The configfs directory of the gateway gadget.
+fn gadget_dir() -> PathBuf {
+    Path::new("/sys/kernel/config/usb_gadget").join(GADGET_NAME)
+}
+
+/// `gateway usb-gadget setup`: registers the gateway gadget (unbound), with
+/// its FunctionFS mounted at `ffs_dir` and owned by `uid:gid`, and its `UDC`
+/// attribute owned by them too. A process of that user then serves it with
+/// `usb:gadget?ffs=DIR` without root: it writes the descriptors and binds
+/// the UDC itself. With `acm`, the gadget also has a CDC-ACM function
+/// (`/dev/ttyGS0` here, `/dev/ttyACM0` on the host) for the serial driver.
+/// Returns the gadget's configfs directory.
+pub fn setup(ffs_dir: &Path, uid: u32, gid: u32, acm: bool) -> Result<PathBuf, OpenError> {
+    clear_stale()?;
+    if let Some(parent) = ffs_dir.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| udc_error(e, &format!("creating {}", parent.display())))?;
+    }
+    let (mut builder, _tx, _rx) = function();
+    builder.ffs_dir = Some(ffs_dir.to_path_buf());
+    builder.ffs_uid = Some(uid);
+    builder.ffs_gid = Some(gid);
+    builder.ffs_no_init = true;
+    let (_custom, handle) = builder.build();
+    let mut def = definition("gateway link", &hostname(), handle);
+    if acm {
+        let (_serial, acm_handle) = usb_gadget::function::serial::Serial::new(
+            usb_gadget::function::serial::SerialClass::Acm,
+        );
+        def.configs[0].add_function(acm_handle);
+    }
+    def.name = Some(GADGET_NAME.into());
+    let mut reg = def
+        .register()
+        .map_err(|e| udc_error(e, "registering the gadget"))?;
+    let dir = reg.path().to_path_buf();
+    let udc_attr = dir.join("UDC");
+    std::os::unix::fs::chown(&udc_attr, Some(uid), Some(gid))
+        .map_err(|e| udc_error(e, &format!("chown {}", udc_attr.display())))?;
+    // Outlives this process: the serving process binds it, teardown removes it.
+    reg.detach();
+    Ok(dir)
+}
+
+/// `gateway usb-gadget teardown`: unbinds and removes the gateway gadget
+/// (and unmounts its FunctionFS). False when there was none.
+pub fn teardown() -> Result<bool, OpenError> {
+    let registered = usb_gadget::registered().map_err(|e| udc_error(e, "listing gadgets"))?;
+    let mut found = false;
+    for g in registered.into_iter().filter(|g| g.name() == GADGET_NAME) {
+        g.remove()
+            .map_err(|e| udc_error(e, "removing the gateway gadget"))?;
+        found = true;
+    }
+    Ok(found)
 }
 
 impl Gadget {
     /// Builds the gadget, binds it to a UDC and starts serving ep0.
-    pub(crate) fn start(udc: Option<&str>) -> Result<Gadget, OpenError> {
+    pub(crate) fn start(udc: Option<&str>, ffs: Option<&Path>) -> Result<Gadget, OpenError> {
         let udc = pick_udc(udc)?;
-        clear_stale()?;
-        let serial = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_string())
-            .unwrap_or_else(|_| "gateway".into());
-        let GadgetParts {
-            mut custom,
-            tx,
-            rx,
-            mut def,
-        } = parts("gateway link", &serial);
-        def.name = Some(GADGET_NAME.into());
-        let reg = def
-            .register()
-            .map_err(|e| udc_error(e, "registering the gadget"))?;
-        reg.bind(Some(&udc))
-            .map_err(|e| udc_error(e, &format!("binding UDC {}", udc.name().to_string_lossy())))?;
         let udc_name = udc.name().to_string_lossy().into_owned();
+        let (mut custom, tx, rx, reg) = match ffs {
+            None => {
+                clear_stale()?;
+                let GadgetParts {
+                    custom,
+                    tx,
+                    rx,
+                    mut def,
+                } = parts("gateway link", &hostname());
+                def.name = Some(GADGET_NAME.into());
+                let reg = def
+                    .register()
+                    .map_err(|e| udc_error(e, "registering the gadget"))?;
+                reg.bind(Some(&udc))
+                    .map_err(|e| udc_error(e, &format!("binding UDC {udc_name}")))?;
+                (custom, tx, rx, Some(reg))
+            }
+            Some(dir) => {
+                // Set up by `gateway usb-gadget setup`: write the descriptors,
+                // then bind (the UDC attribute is ours to write).
+                let (builder, tx, rx) = function();
+                let custom = builder.existing(dir).map_err(|e| {
+                    udc_error(
+                        e,
+                        &format!(
+                            "writing descriptors to {}/ep0 (is `gateway usb-gadget setup` done, and is it free?)",
+                            dir.display()
+                        ),
+                    )
+                })?;
+                let attr = gadget_dir().join("UDC");
+                std::fs::write(&attr, &udc_name).map_err(|e| {
+                    udc_error(e, &format!("binding UDC {udc_name} ({})", attr.display()))
+                })?;
+                (custom, tx, rx, None)
+            }
+        };
         tracing::info!(udc = %udc_name, "USB gadget bound");
         let eps = Arc::new(Endpoints {
             tx: Mutex::new(tx),
@@ -228,7 +324,7 @@ impl Gadget {
             udc: udc_name,
             sessions: Mutex::new(sessions_rx),
             task,
-            reg: StdMutex::new(Some(reg)),
+            reg: StdMutex::new(reg),
         })
     }
 

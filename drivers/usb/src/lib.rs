@@ -35,6 +35,7 @@ mod host;
 
 #[doc(hidden)]
 pub use gadget::{GadgetParts, parts as gadget_parts};
+pub use gadget::{setup as setup_gadget, teardown as teardown_gadget};
 mod probe;
 mod wire;
 
@@ -92,8 +93,12 @@ fn caps() -> LinkCaps {
 enum Target {
     /// The host end: a device with the gateway interface.
     Host(host::HostFilter),
-    /// The gadget end, on the named UDC or the first free one.
-    Gadget(Option<String>),
+    /// The gadget end, on the named UDC or the first free one; with `ffs`,
+    /// served from a FunctionFS mount `gateway usb-gadget setup` prepared.
+    Gadget {
+        udc: Option<String>,
+        ffs: Option<std::path::PathBuf>,
+    },
 }
 
 fn parse(sel: &Selector) -> Result<Target, SelectorError> {
@@ -106,14 +111,33 @@ fn parse(sel: &Selector) -> Result<Target, SelectorError> {
     if a.is_empty() {
         return Ok(Target::Host(host::HostFilter::default()));
     }
+    let ffs = match sel.params.get("ffs").map(|s| s.trim()) {
+        None => None,
+        Some(p) if p.starts_with('/') && p.len() > 1 => Some(std::path::PathBuf::from(p)),
+        Some(other) => {
+            return Err(SelectorError::BadParamValue {
+                key: "ffs".into(),
+                value: other.to_string(),
+                expected: "the absolute path of a FunctionFS mount made by `gateway usb-gadget setup`, e.g. /dev/usb-ffs/gateway".into(),
+            });
+        }
+    };
     if a == "gadget" {
-        return Ok(Target::Gadget(None));
+        return Ok(Target::Gadget { udc: None, ffs });
     }
     if let Some(udc) = a.strip_prefix("gadget:") {
         if udc.is_empty() || udc.contains('/') {
             return Err(bad(form));
         }
-        return Ok(Target::Gadget(Some(udc.to_string())));
+        return Ok(Target::Gadget {
+            udc: Some(udc.to_string()),
+            ffs,
+        });
+    }
+    if ffs.is_some() {
+        return Err(bad(
+            "?ffs= only with the gadget end: usb:gadget?ffs=/dev/usb-ffs/gateway",
+        ));
     }
     let (ids, serial) = match a.split_once('/') {
         Some((ids, s)) if !s.is_empty() => (ids, Some(s.to_string())),
@@ -163,7 +187,11 @@ impl UsbDriver {
     }
 
     /// The gadget on `udc` (or the first), built on first use.
-    fn gadget(&self, udc: Option<&str>) -> Result<Arc<gadget::Gadget>, OpenError> {
+    fn gadget(
+        &self,
+        udc: Option<&str>,
+        ffs: Option<&std::path::Path>,
+    ) -> Result<Arc<gadget::Gadget>, OpenError> {
         let mut gadgets = self.gadgets.lock().unwrap();
         if let Some(g) = gadgets
             .iter()
@@ -172,7 +200,7 @@ impl UsbDriver {
         {
             return Ok(g);
         }
-        let g = Arc::new(gadget::Gadget::start(udc)?);
+        let g = Arc::new(gadget::Gadget::start(udc, ffs)?);
         gadgets.push(g.clone());
         Ok(g)
     }
@@ -180,8 +208,13 @@ impl UsbDriver {
 
 fn normalized(t: &Target) -> String {
     match t {
-        Target::Gadget(None) => "usb:gadget".into(),
-        Target::Gadget(Some(u)) => format!("usb:gadget:{u}"),
+        Target::Gadget { udc, ffs } => format!(
+            "usb:gadget{}{}",
+            udc.as_ref().map(|u| format!(":{u}")).unwrap_or_default(),
+            ffs.as_ref()
+                .map(|p| format!("?ffs={}", p.display()))
+                .unwrap_or_default()
+        ),
         Target::Host(f) => match (&f.vid_pid, &f.serial) {
             (None, _) => "usb:".into(),
             (Some((v, p)), None) => format!("usb:{v:04x}:{p:04x}"),
@@ -209,11 +242,11 @@ impl LinkDriver for UsbDriver {
         let selector = normalized(&target);
         match target {
             Target::Host(filter) => host::open(&filter, &selector).await,
-            Target::Gadget(udc) => {
+            Target::Gadget { udc, ffs } => {
                 let wait = sel
                     .duration_param("timeout")?
                     .unwrap_or(DEFAULT_GADGET_OPEN_TIMEOUT);
-                let g = self.gadget(udc.as_deref())?;
+                let g = self.gadget(udc.as_deref(), ffs.as_deref())?;
                 let s = tokio::time::timeout(wait, g.next_session())
                     .await
                     .map_err(|_| {
@@ -232,8 +265,8 @@ impl LinkDriver for UsbDriver {
         let selector = normalized(&target);
         match target {
             Target::Host(filter) => Ok(Box::new(host::HostListener { filter, selector })),
-            Target::Gadget(udc) => Ok(Box::new(GadgetListener {
-                gadget: self.gadget(udc.as_deref())?,
+            Target::Gadget { udc, ffs } => Ok(Box::new(GadgetListener {
+                gadget: self.gadget(udc.as_deref(), ffs.as_deref())?,
                 selector,
             })),
         }
@@ -276,10 +309,24 @@ mod tests {
                 serial: Some("abc".into())
             })
         );
-        assert_eq!(t("usb:gadget").unwrap(), Target::Gadget(None));
         assert_eq!(
-            t("usb:gadget:dummy_udc.1").unwrap(),
-            Target::Gadget(Some("dummy_udc.1".into()))
+            t("usb:gadget").unwrap(),
+            Target::Gadget {
+                udc: None,
+                ffs: None
+            }
+        );
+        let g = t("usb:gadget:dummy_udc.1?ffs=/dev/usb-ffs/gateway").unwrap();
+        assert_eq!(
+            g,
+            Target::Gadget {
+                udc: Some("dummy_udc.1".into()),
+                ffs: Some("/dev/usb-ffs/gateway".into())
+            }
+        );
+        assert_eq!(
+            normalized(&g),
+            "usb:gadget:dummy_udc.1?ffs=/dev/usb-ffs/gateway"
         );
         assert_eq!(normalized(&t("usb:1D6B:0104").unwrap()), "usb:1d6b:0104");
     }
@@ -293,9 +340,11 @@ mod tests {
             "usb:1d6b:0104/",
             "usb:gadget:",
             "usb:gadget:a/b",
+            "usb:1d6b:0104?ffs=/x",
+            "usb:gadget?ffs=relative",
         ] {
             let e = t(bad).unwrap_err().to_string();
-            assert!(e.contains("usb:"), "{bad}: {e}");
+            assert!(e.contains("usb:") || e.contains("ffs"), "{bad}: {e}");
         }
     }
 }
