@@ -7,7 +7,7 @@
 # gadget identity, transfer size and queue depth as the driver, nothing else)
 # both ways, then gateway over `usb:gadget:dummy_udc.1` <-> `usb:` both ways,
 # a hot unplug mid-transfer (the gadget's UDC unbound for 2 s, then bound
-# again), and USB + TCP at once. Each step prints a "guest: [ffs] step N/8"
+# again), and USB + TCP at once. Each step prints a "guest: [ffs] step N/9"
 # line, then its result. Appends rows to /out/result.txt and a "functionfs"
 # object to /out/result.json; exits non-zero if any hash or step failed.
 set -uo pipefail
@@ -22,7 +22,7 @@ FAILS=()
 fail_step() { say "FAIL: $*"; FAILS+=("$*"); }
 STEP=0
 T_START=$(now)
-step() { STEP=$((STEP + 1)); say "step $STEP/8: $*"; }
+step() { STEP=$((STEP + 1)); say "step $STEP/9: $*"; }
 
 ip link set lo up   # for the TCP rows
 modprobe usb_f_fs || { say "FAIL: modprobe usb_f_fs"; exit 1; }
@@ -125,6 +125,39 @@ BOTH=$(python3 -c 'import json,sys; l=json.loads(sys.argv[1]).get("links", []); 
   || fail_step "usb+tcp: not both links carried bytes ($BOTH)"
 say "usb + tcp bytes per link: $BOTH"
 
+# The service shape: root runs `gateway usb-gadget setup --user nobody --acm`,
+# then `nobody` serves the bulk link through the prepared FunctionFS mount
+# (and the same gadget carries a CDC-ACM function); teardown removes it all.
+step "unprivileged device end: usb-gadget setup --user nobody --acm, serve as nobody, teardown"
+priv() {
+  local d=$W/priv spid grc=0 got out
+  rm -rf "$d"; mkdir -p "$d/recv" "$d/st"; chown -R nobody:nogroup "$d"
+  out=$("$GW" usb-gadget setup --user nobody --acm 2>&1) || { fail_step "usb-gadget setup: $out"; return; }
+  say "usb-gadget setup: $(head -n 1 <<< "$out")"
+  setpriv --reuid=nobody --regid=nogroup --clear-groups env HOME="$d/st" \
+    "$GW" --trust any --state "$d/st" serve --dir "$d/recv" --listen "usb:gadget:$UDC?ffs=/dev/usb-ffs/gateway" --no-mdns \
+    > "$d/serve.log" 2>&1 &
+  spid=$!
+  for _ in $(seq 50); do [ "$(cat /sys/kernel/config/usb_gadget/gateway/UDC 2> /dev/null)" = "$UDC" ] && break; sleep 0.1; done
+  # The ACM part's gadget holds ttyGS0 on dummy_udc.0: ours is the second.
+  ls -d /sys/kernel/config/usb_gadget/gateway/functions/acm.* > /dev/null 2>&1 && [ "$(ls /dev/ttyGS* | wc -l)" -ge 2 ] \
+    || fail_step "unprivileged: no CDC-ACM function and tty beside the bulk function"
+  say "unprivileged serve (uid $(stat -c %u /proc/$spid)) bound $(cat /sys/kernel/config/usb_gadget/gateway/UDC); ttys: $(ls /dev/ttyGS* /dev/ttyACM* 2> /dev/null | tr '\n' ' ')"
+  timeout "$SEND_TIMEOUT" "$GW" --trust any --state "$d/st-send" send "$W/src.bin" --to usb: --json --no-mdns \
+    > "$d/send.out" 2> "$d/send.err" || grc=$?
+  kill "$spid" 2> /dev/null; wait "$spid" 2> /dev/null
+  got=$(sha256sum < "$d/recv/src.bin" 2> /dev/null | cut -d' ' -f1)
+  OK_PRIV=$([ "$got" = "$SHA" ] && [ "$grc" = 0 ] && echo ok || echo "FAIL(rc=$grc)")
+  [ "$OK_PRIV" = ok ] || { fail_step "unprivileged serve: $OK_PRIV"; tail -n 10 "$d/send.err"; tail -n 10 "$d/serve.log"; }
+  out=$("$GW" usb-gadget teardown 2>&1) || fail_step "usb-gadget teardown: $out"
+  [ -d /sys/kernel/config/usb_gadget/gateway ] && fail_step "teardown left the gadget behind"
+  grep -q functionfs /proc/mounts && grep -q /dev/usb-ffs/gateway /proc/mounts && fail_step "teardown left FunctionFS mounted"
+  say "unprivileged serve: $OK_PRIV; teardown: $out"
+  for f in serve.log send.err send.out; do cp "$d/$f" "/out/ffs-unprivileged-$f"; done
+}
+OK_PRIV=FAIL
+priv
+
 {
   echo "== rig usb: SIZE=$SIZE over FunctionFS bulk (dummy_hcd, $UDC), transfers of $((256)) KiB x 8 in flight"
   printf '%-22s %10s %10s %6s %12s %s\n' direction raw_MB/s gw_MB/s gw/raw gw/gw-tcp-lo gateway
@@ -132,6 +165,7 @@ say "usb + tcp bytes per link: $BOTH"
   printf '%-22s %10s %10s %6s %12s %s\n' "gadget -> host" "$RAW_IN" "$GW_IN" "$(ratio "$GW_IN" "$RAW_IN")" "$(ratio "$GW_IN" "$GW_TCP")" "$OK_IN"
   echo "gateway over TCP on the guest's loopback (its CPU ceiling under TCG): $GW_TCP MB/s"
   echo "unplug (UDC unbound 2 s mid-transfer): $OK_UNPLUG; usb + tcp at once: $OK_BOTH ($BOTH)"
+  echo "unprivileged device end (usb-gadget setup --user nobody --acm, serve as nobody, teardown): $OK_PRIV"
 } >> /out/result.txt
 # Into result.json beside the ACM legs (rig-guest-usb.sh wrote it first).
 python3 - "$SIZE" "$BYTES" "$RAW_OUT" "$RAW_OUT_S" "$GW_OUT" "$OK_OUT" "$RAW_IN" "$RAW_IN_S" "$GW_IN" "$OK_IN" \
