@@ -74,12 +74,41 @@ impl Listener for OtherEnd {
 }
 
 fn registry(c: &Cable) -> Registry {
+    registry_between(&c.a, &c.b)
+}
+
+/// The serial driver, with `a` and `b` the two ends of one cable.
+fn registry_between(a: &str, b: &str) -> Registry {
     let mut r = Registry::new();
     r.register(Arc::new(CableDriver {
         inner: SerialDriver::new(),
-        ends: vec![(c.a.clone(), c.b.clone()), (c.b.clone(), c.a.clone())],
+        ends: vec![
+            (a.to_string(), b.to_string()),
+            (b.to_string(), a.to_string()),
+        ],
     }));
     r
+}
+
+/// Hardware in the loop: a real serial pair whose both ends are on this
+/// machine, e.g. a USB CDC-ACM gadget looped back (the qemu rig:
+/// `GATEWAY_HIL_SERIAL=/dev/ttyACM0 GATEWAY_HIL_SERIAL_PEER=/dev/ttyGS0`), or
+/// two USB-serial adapters joined by a null-modem cable. Skipped, with the
+/// reason printed, when those are unset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hil_conformance_over_a_real_serial_pair() {
+    let (Ok(a), Ok(b)) = (
+        std::env::var("GATEWAY_HIL_SERIAL"),
+        std::env::var("GATEWAY_HIL_SERIAL_PEER"),
+    ) else {
+        eprintln!(
+            "skipped: set GATEWAY_HIL_SERIAL=DEV and GATEWAY_HIL_SERIAL_PEER=DEV (both ends of one serial pair on this machine) to run the conformance suite over real hardware"
+        );
+        return;
+    };
+    conformance::run_all(&registry_between(&a, &b), &format!("serial:{b}"))
+        .await
+        .unwrap();
 }
 
 /// A session over the cable: the listener on `b`, the end opened from `a`,
