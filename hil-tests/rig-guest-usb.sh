@@ -128,6 +128,21 @@ if [ "${REVERSE:-1}" = 1 ]; then
   raw /dev/ttyGS0 /dev/ttyACM0; RAW_S_GH=$RAW_S; RAW_OK_GH=$RAW_OK
   gw gh /dev/ttyACM0 /dev/ttyGS0; GW_S_GH=$GW_S; GW_OK_GH=$GW_OK; GW_JSON_GH=$GW_JSON
 fi
+# The serial link conformance suite over this same pair (drivers/serial's
+# hardware-in-the-loop test; rig.sh passes the built test binary).
+CONF_SERIAL=skipped
+if [ -n "${HIL_SERIAL_TEST:-}" ]; then
+  drain
+  t0=$(now)
+  if GATEWAY_HIL_SERIAL=/dev/ttyACM0 GATEWAY_HIL_SERIAL_PEER=/dev/ttyGS0 timeout 300 \
+    "$HIL_SERIAL_TEST" hil_conformance --test-threads=1 > "$W/conf-serial.log" 2>&1; then
+    CONF_SERIAL=ok
+  else
+    CONF_SERIAL=FAIL; tail -n 20 "$W/conf-serial.log"
+  fi
+  say "serial conformance suite over ttyACM0 <-> ttyGS0: $CONF_SERIAL in $(secs "$t0" "$(now)")s"
+  cp "$W/conf-serial.log" /out/conf-serial.log
+fi
 exec 3>&- 4>&-
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b+0 > 0) printf "%.2f", a/b; else print "nan" }'; }
@@ -142,6 +157,7 @@ row() { # label raw_s raw_ok gw_s gw_ok
   printf '%-22s %8s %8s %-10s %8s %8s %-10s %6s\n' direction raw_s raw_MB/s raw gw_s gw_MB/s gateway gw/raw
   row "ttyACM0 -> ttyGS0" "$RAW_S_HG" "$RAW_OK_HG" "$GW_S_HG" "$GW_OK_HG"
   [ "${REVERSE:-1}" = 1 ] && row "ttyGS0 -> ttyACM0" "$RAW_S_GH" "$RAW_OK_GH" "$GW_S_GH" "$GW_OK_GH"
+  echo "serial link conformance suite over ttyACM0 <-> ttyGS0: $CONF_SERIAL"
 } > /out/result.txt
 python3 - "$BYTES" "$SIZE" "$RAW_S_HG" "$RAW_OK_HG" "$GW_S_HG" "$GW_OK_HG" "$GW_JSON_HG" \
   "${RAW_S_GH:-}" "${RAW_OK_GH:-}" "${GW_S_GH:-}" "${GW_OK_GH:-}" "${GW_JSON_GH:-}" > /out/result.json <<'PY'
@@ -158,7 +174,7 @@ print(json.dumps({"rig": "usb", "link": "CDC-ACM via dummy_hcd", "size": size, "
                   "host_to_gadget": leg(*a[2:7]), "gadget_to_host": leg(*a[7:12])}, indent=1))
 PY
 acm_rc=0
-[ "$GW_OK_HG" = ok ] && { [ "${REVERSE:-1}" != 1 ] || [ "$GW_OK_GH" = ok ]; } || acm_rc=1
+[ "$GW_OK_HG" = ok ] && { [ "${REVERSE:-1}" != 1 ] || [ "$GW_OK_GH" = ok ]; } && [ "$CONF_SERIAL" != FAIL ] || acm_rc=1
 # Then the bulk link over FunctionFS on dummy_udc.1 (FFS=0 skips it).
 ffs_rc=0
 [ "${FFS:-1}" = 1 ] && { "$(dirname "$0")/rig-guest-usb-ffs.sh" || ffs_rc=$?; }

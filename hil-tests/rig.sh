@@ -60,6 +60,18 @@ fi
 [ -x "$GW" ] || die "no gateway binary at $GW"
 GW=$(readlink -f "$GW")
 
+# ---------- hardware-in-the-loop test binaries the guest runs ----------
+# (built here, release: the conformance suites over the rig's real devices)
+test_exe() { # PACKAGE TEST -> path of the built test binary
+  (cd "$ROOT" && cargo test --release --no-run -q -p "$1" --test "$2" --message-format=json 2> /dev/null) \
+    | python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]: print(m["executable"])' "$2"
+}
+HIL_SERIAL_TEST=$(test_exe gateway-serial serial)
+[ -x "$HIL_SERIAL_TEST" ] || die "could not build the serial test binary (cargo test --release --no-run -p gateway-serial --test serial)"
+
 # ---------- kernel, busybox (cached) ----------
 # The guest mounts fresh tmpfs on /run: what it reads from the host
 # (cache, scripts, binary) must live elsewhere.
@@ -140,6 +152,7 @@ SIZE=$SIZE
 MODE=$MODE
 REVERSE=${REVERSE:-1}
 FFS=${FFS:-1}
+HIL_SERIAL_TEST=$HIL_SERIAL_TEST
 EOF
 BYTES=$(numfmt --from=iec "${SIZE%iB}")
 MEM=${MEM:-$((1024 + 4 * BYTES / 1048576))}
