@@ -114,8 +114,8 @@ fn full_page(cmd: &Command) -> Result<Vec<u8>> {
     r.control("SH", ["DESCRIPTION"]);
     r.text([roman(
         "gateway moves a file or a directory from one Linux box to another over every link \
-         they share at once (TCP over Ethernet and Wi-Fi, serial lines; USB and Bluetooth as \
-         their drivers land). The file is cut into chunks, each link pulls chunks as fast as \
+         they share at once (TCP over Ethernet and Wi-Fi, serial lines, USB cables; Bluetooth \
+         when its driver lands). The file is cut into chunks, each link pulls chunks as fast as \
          it carries them, and the receiver writes each chunk at its offset. A dead link costs \
          only its share; a stopped or killed transfer resumes when the same command is run again.",
     )]);
