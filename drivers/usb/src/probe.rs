@@ -30,8 +30,10 @@ pub(crate) async fn probe() -> Vec<Adapter> {
     let who = std::fs::read_to_string("/proc/self/status")
         .map(|s| Who::from_status(&s))
         .unwrap_or_default();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let writable = |p: &Path| nix::unistd::eaccess(p, nix::unistd::AccessFlags::W_OK).is_ok();
     let mut rows = host_rows(sys, dev, &node_access);
-    rows.extend(gadget_rows(sys, &who));
+    rows.extend(gadget_rows(sys, &who, &mounts, &writable));
     rows
 }
 
@@ -393,9 +395,36 @@ fn configfs_gadgets(configfs: &Path) -> Vec<ConfigfsGadget> {
         .collect()
 }
 
+/// The FunctionFS mount of a gadget `gateway usb-gadget setup` prepared: the
+/// gateway gadget, unbound, with an `ffs.INSTANCE` function that `mounts`
+/// (the text of `/proc/self/mounts`) shows mounted.
+fn prepared(gadgets: &[ConfigfsGadget], mounts: &str) -> Option<PathBuf> {
+    let g = gadgets
+        .iter()
+        .find(|g| g.name == GADGET_NAME && g.udc.is_none())?;
+    let instances: Vec<&str> = g
+        .functions
+        .iter()
+        .filter_map(|f| f.strip_prefix("ffs."))
+        .collect();
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (source, dest, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "functionfs" && instances.contains(&source))
+            .then(|| PathBuf::from(dest.replace("\\040", " ")))
+    })
+}
+
 /// Gadget-end rows: one per UDC in `SYS/class/udc` (free and usable, or why
-/// not), or one row saying this machine cannot be the gadget end.
-fn gadget_rows(sys: &Path, who: &Who) -> Vec<Adapter> {
+/// not), or one row saying this machine cannot be the gadget end. `mounts`
+/// is the text of `/proc/self/mounts`; `writable` checks a path this process
+/// would write (a prepared gadget's `ep0` and `UDC` attribute).
+fn gadget_rows(
+    sys: &Path,
+    who: &Who,
+    mounts: &str,
+    writable: &dyn Fn(&Path) -> bool,
+) -> Vec<Adapter> {
     let udc_dir = sys.join("class/udc");
     let udcs = names(&udc_dir);
     if udcs.is_empty() {
@@ -410,6 +439,7 @@ fn gadget_rows(sys: &Path, who: &Who) -> Vec<Adapter> {
     }
     let configfs = sys.join("kernel/config/usb_gadget");
     let gadgets = configfs_gadgets(&configfs);
+    let prepared = prepared(&gadgets, mounts);
     udcs.iter()
         .map(|udc| {
             let dir = udc_dir.join(udc);
@@ -442,20 +472,43 @@ fn gadget_rows(sys: &Path, who: &Who) -> Vec<Adapter> {
                         "busy: gadget driver '{driver}' is bound to it ({state}), a legacy gadget module (`sudo modprobe -r {driver}` frees it)"
                     ),
                 ),
-                (None, None) if !configfs.is_dir() => (
-                    false,
-                    format!(
-                        "free ({state}), but configfs gadgets are unavailable (no {}): `sudo modprobe libcomposite usb_f_fs` (with configfs mounted on /sys/kernel/config), then {sel}",
-                        configfs.display()
+                (None, None) => match &prepared {
+                    Some(ffs) => {
+                        let sel = format!("{sel}?ffs={}", ffs.display());
+                        if writable(&ffs.join("ep0"))
+                            && writable(&configfs.join(GADGET_NAME).join("UDC"))
+                        {
+                            (
+                                true,
+                                format!(
+                                    "free ({state}), the gateway gadget prepared by `gateway usb-gadget setup`: listen or open {sel}"
+                                ),
+                            )
+                        } else {
+                            (
+                                false,
+                                format!(
+                                    "free ({state}), but the gateway gadget prepared at {} is another user's: serve {sel} as that user, or hand it to this one with `sudo gateway usb-gadget setup --user $USER`",
+                                    ffs.display()
+                                ),
+                            )
+                        }
+                    }
+                    None if !configfs.is_dir() => (
+                        false,
+                        format!(
+                            "free ({state}), but configfs gadgets are unavailable (no {}): `sudo modprobe libcomposite usb_f_fs` (with configfs mounted on /sys/kernel/config), then {sel}",
+                            configfs.display()
+                        ),
                     ),
-                ),
-                (None, None) if !who.can_build_gadget() => (
-                    false,
-                    format!(
-                        "free ({state}); building the gadget needs root (CAP_SYS_ADMIN, for configfs and FunctionFS): `sudo gateway serve --listen {sel}`"
+                    None if !who.can_build_gadget() => (
+                        false,
+                        format!(
+                            "free ({state}); building the gadget needs root (CAP_SYS_ADMIN, for configfs and FunctionFS): `sudo gateway serve --listen {sel}`, or once `sudo gateway usb-gadget setup --user $USER`, then {sel}?ffs=/dev/usb-ffs/gateway without root"
+                        ),
                     ),
-                ),
-                (None, None) => (true, format!("free ({state}): listen or open {sel}")),
+                    None => (true, format!("free ({state}): listen or open {sel}")),
+                },
             };
             row(&format!("gadget:{udc}"), usable, detail)
         })
@@ -732,7 +785,7 @@ mod tests {
     #[test]
     fn no_udc_means_this_machine_cannot_be_the_gadget_end() {
         let t = tempfile::tempdir().unwrap();
-        let rows = gadget_rows(t.path(), &ROOT);
+        let rows = gadget_rows(t.path(), &ROOT, "", &|_| true);
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].name, "gadget");
         let d = &rows[0].detail;
@@ -746,7 +799,7 @@ mod tests {
         // An empty /sys/class/udc is the same.
         fs::create_dir_all(t.path().join("class/udc")).unwrap();
         assert!(
-            gadget_rows(t.path(), &ROOT)[0]
+            gadget_rows(t.path(), &ROOT, "", &|_| true)[0]
                 .detail
                 .contains("no USB device controller")
         );
@@ -756,7 +809,7 @@ mod tests {
     fn without_configfs_gadgets_a_udc_names_the_modules_to_load() {
         let t = tempfile::tempdir().unwrap();
         udc(t.path(), "fe980000.usb", "not attached", "");
-        let rows = gadget_rows(t.path(), &ROOT);
+        let rows = gadget_rows(t.path(), &ROOT, "", &|_| true);
         assert_eq!(rows[0].name, "gadget:fe980000.usb");
         assert!(
             !rows[0].usable
@@ -778,7 +831,7 @@ mod tests {
         configfs_gadget(sys, "g1", "dummy_udc.0", &["acm.usb0", "ffs.adb"]);
         configfs_gadget(sys, "gateway", "dummy_udc.2", &["ffs.gateway"]);
         configfs_gadget(sys, "idle", "", &["ecm.usb0"]);
-        let rows = gadget_rows(sys, &ROOT);
+        let rows = gadget_rows(sys, &ROOT, "", &|_| true);
         let [g1, free, ours, legacy] = &rows[..] else {
             panic!("{rows:?}")
         };
@@ -810,7 +863,7 @@ mod tests {
             legacy.detail
         );
         // Not root: the free UDC says so, with the command to run.
-        let free = &gadget_rows(sys, &USER)[1];
+        let free = &gadget_rows(sys, &USER, "", &|_| true)[1];
         assert!(
             !free.usable
                 && free.detail.contains("needs root")
@@ -819,6 +872,49 @@ mod tests {
                     .contains("sudo gateway serve --listen usb:gadget:dummy_udc.1"),
             "{}",
             free.detail
+        );
+    }
+
+    #[test]
+    fn a_prepared_gadget_is_served_without_root_by_its_owner() {
+        let t = tempfile::tempdir().unwrap();
+        let sys = t.path();
+        udc(sys, "fe980000.usb", "not attached", "");
+        configfs_gadget(sys, "gateway", "", &["ffs.gateway", "acm.usb0"]);
+        let ffs = t.path().join("usb-ffs/gateway");
+        let mounts = format!(
+            "sysfs /sys sysfs rw 0 0\ngateway {} functionfs rw,relatime,uid=998,gid=998 0 0\n",
+            ffs.display()
+        );
+        let sel = format!("usb:gadget:fe980000.usb?ffs={}", ffs.display());
+        // Its owner: usable, with the ?ffs= selector.
+        let rows = gadget_rows(sys, &USER, &mounts, &|_| true);
+        assert!(
+            rows[0].usable && rows[0].detail.contains(&sel),
+            "{}",
+            rows[0].detail
+        );
+        // Root too should use it, not build a gadget of its own (which would
+        // remove the prepared one as stale).
+        let rows = gadget_rows(sys, &ROOT, &mounts, &|_| true);
+        assert!(rows[0].usable && rows[0].detail.contains(&sel));
+        // Someone else: not usable, and how to hand it over.
+        let ep0 = ffs.join("ep0");
+        let rows = gadget_rows(sys, &USER, &mounts, &|p| p != ep0.as_path());
+        assert!(
+            !rows[0].usable && rows[0].detail.contains("usb-gadget setup --user"),
+            "{}",
+            rows[0].detail
+        );
+        // Not mounted (a gadget a killed process left): not prepared; a user
+        // is told about root and about setup.
+        let rows = gadget_rows(sys, &USER, "", &|_| true);
+        assert!(
+            !rows[0].usable
+                && rows[0].detail.contains("needs root")
+                && rows[0].detail.contains("usb-gadget setup"),
+            "{}",
+            rows[0].detail
         );
     }
 
