@@ -23,7 +23,7 @@ use usb_gadget::function::custom::{
 };
 use usb_gadget::{Class, Config, Gadget as GadgetDef, Id, RegGadget, Strings, Udc};
 
-use crate::wire::{self, HEADER_LEN, REQ_OPEN, Reassembler};
+use crate::wire::{self, HEADER_LEN, Item, REQ_OPEN, Reassembler};
 use crate::{
     GADGET_NAME, INTERFACE_NAME, INTERFACE_PROTOCOL, INTERFACE_SUBCLASS, MAX_FRAME, PRODUCT_ID,
     TRANSFER_BYTES, TRANSFERS_IN_FLIGHT, UsbLink, VENDOR_ID,
@@ -100,7 +100,7 @@ fn pick_udc(name: Option<&str>) -> Result<Udc, OpenError> {
     let udcs = usb_gadget::udcs().map_err(|e| udc_error(e, "listing UDCs"))?;
     if udcs.is_empty() {
         return Err(OpenError::NotFound(
-            "this machine has no USB device controller (/sys/class/udc is empty): it cannot be the gadget end of a cable; open `usb:` from this side instead (the host end)".into(),
+            "this machine has no USB device controller (nothing in /sys/class/udc): it cannot be the gadget end of a cable; open `usb:` from this side instead (the host end)".into(),
         ));
     }
     let names = || {
@@ -134,6 +134,11 @@ fn clear_stale() -> Result<(), OpenError> {
                 "the gateway gadget is bound to UDC {} by another process; stop it, or remove {}",
                 udc.to_string_lossy(),
                 g.path().display()
+            )));
+        }
+        if let Some(dir) = prepared_mount() {
+            return Err(OpenError::Busy(format!(
+                "a gateway gadget prepared by `gateway usb-gadget setup` is here (FunctionFS at {dir}): serve it with usb:gadget?ffs={dir}, or remove it with `gateway usb-gadget teardown`"
             )));
         }
         tracing::info!(path = %g.path().display(), "removing a stale gateway gadget");
@@ -189,7 +194,33 @@ fn definition(product: &str, serial: &str, handle: usb_gadget::function::Handle)
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "gateway".into())
+        .ok()
+        .filter(|h| !h.is_empty() && h != "(none)")
+        .unwrap_or_else(|| "gateway".into())
+}
+
+/// Where the gateway gadget's FunctionFS is mounted by `usb-gadget setup`
+/// (not under `/dev/ffs-*`, where a process's own `usb:gadget` mounts it).
+fn prepared_mount() -> Option<String> {
+    let functions = std::fs::read_dir(gadget_dir().join("functions")).ok()?;
+    let instances: Vec<String> = functions
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("ffs."))
+                .map(String::from)
+        })
+        .collect();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (src, dest, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "functionfs"
+            && instances.iter().any(|i| i == src)
+            && !dest.starts_with("/dev/ffs-"))
+        .then(|| dest.to_string())
+    })
 }
 
 /// A gateway gadget's parts, with `product` and `serial` as its strings
@@ -373,6 +404,11 @@ async fn serve_ep0(
                     })?;
                     tx.cancel()?;
                     rx.cancel()?;
+                    // Reads queued from the start: the host's first frames
+                    // (and a close) complete even before anyone calls recv.
+                    for _ in 0..TRANSFERS_IN_FLIGHT {
+                        rx.try_recv(BytesMut::with_capacity(TRANSFER_BYTES))?;
+                    }
                     tx.max_packet_size().unwrap_or(DEFAULT_MPS).max(1)
                 };
                 *eps.current.lock().unwrap() = Some(dead_tx);
@@ -393,6 +429,7 @@ async fn serve_ep0(
                     eps: eps.clone(),
                     dead: session.dead.clone(),
                     mps,
+                    closed: false,
                 };
                 if let Err(e) = tx.send(&wire::hello(id)).await {
                     tracing::debug!(error = %e, "USB gadget hello failed");
@@ -439,13 +476,14 @@ impl Session {
                 eps: self.eps.clone(),
                 dead: self.dead.clone(),
                 mps: self.mps,
+                closed: false,
             },
             rx: GadgetRx {
                 eps: self.eps,
                 dead: self.dead,
                 id: self.id,
                 hello_seen: false,
-                primed: false,
+                primed: true,
                 closed: false,
                 frames: Reassembler::new(MAX_FRAME),
             },
@@ -457,12 +495,16 @@ struct GadgetTx {
     eps: Arc<Endpoints>,
     dead: watch::Receiver<bool>,
     mps: usize,
+    closed: bool,
 }
 
-#[async_trait]
-impl FrameTx for GadgetTx {
-    async fn send(&mut self, frame: &[u8]) -> Result<(), LinkError> {
-        let header = wire::header(frame.len(), MAX_FRAME)?;
+impl GadgetTx {
+    /// Queues `header` + `body` in pieces of [`TRANSFER_BYTES`], then a
+    /// zero-length packet if the last piece ends on a packet boundary.
+    async fn send_raw(&mut self, header: [u8; HEADER_LEN], body: &[u8]) -> Result<(), LinkError> {
+        if self.closed {
+            return Err(LinkError::Closed);
+        }
         if *self.dead.borrow() {
             return Err(gone(&self.eps));
         }
@@ -471,8 +513,7 @@ impl FrameTx for GadgetTx {
         let mps = self.mps;
         let work = async move {
             let mut tx = eps.tx.lock().await;
-            // Pieces of TRANSFER_BYTES, the header in the first.
-            let mut rest = frame;
+            let mut rest = body;
             let mut first = true;
             loop {
                 let room = TRANSFER_BYTES - if first { HEADER_LEN } else { 0 };
@@ -500,9 +541,18 @@ impl FrameTx for GadgetTx {
             () = ended(&mut dead) => Err(gone(&self.eps)),
         }
     }
+}
+
+#[async_trait]
+impl FrameTx for GadgetTx {
+    async fn send(&mut self, frame: &[u8]) -> Result<(), LinkError> {
+        self.send_raw(wire::header(frame.len(), MAX_FRAME)?, frame)
+            .await
+    }
 
     async fn close(&mut self) -> Result<(), LinkError> {
-        self.send(&[]).await?;
+        self.send_raw(wire::CLOSE, &[]).await?;
+        self.closed = true;
         let eps = self.eps.clone();
         let mut dead = self.dead.clone();
         tokio::select! {
@@ -529,17 +579,18 @@ impl FrameRx for GadgetRx {
             if self.closed {
                 return Err(LinkError::Closed);
             }
-            if let Some(f) = self.frames.next_frame()? {
-                if !self.hello_seen {
+            match self.frames.next_frame()? {
+                Some(Item::Frame(f)) if !self.hello_seen => {
                     wire::check_hello(&f, self.id)?;
                     self.hello_seen = true;
                     continue;
                 }
-                if f.is_empty() {
+                Some(Item::Frame(f)) => return Ok(f),
+                Some(Item::Close) => {
                     self.closed = true;
                     return Err(LinkError::Closed);
                 }
-                return Ok(f);
+                None => {}
             }
             if *self.dead.borrow() {
                 return Err(gone(&self.eps));

@@ -6,16 +6,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use gateway_link::framer::FrameReader;
 use gateway_link::{FrameRx, FrameTx, Link, LinkError, LinkInfo, Listener, OpenError};
 use nusb::descriptors::TransferType;
 use nusb::io::{EndpointRead, EndpointWrite};
 use nusb::transfer::{Bulk, ControlIn, ControlType, Direction, In, Out, Recipient};
 use nusb::{DeviceInfo, ErrorKind};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::time::timeout;
 
-use crate::wire::{self, OPEN_REPLY_LEN, REQ_OPEN};
+use crate::wire::{self, Item, OPEN_REPLY_LEN, REQ_OPEN, Reassembler};
 use crate::{
     INTERFACE_CLASS, INTERFACE_PROTOCOL, INTERFACE_SUBCLASS, MAX_FRAME, TRANSFER_BYTES,
     TRANSFERS_IN_FLIGHT, UsbLink,
@@ -25,6 +24,8 @@ use crate::{
 const SESSION_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a host-side listener looks for a gateway device.
 const LISTEN_POLL: Duration = Duration::from_millis(500);
+/// How long `open` retries a device whose interface is busy.
+const BUSY_WAIT: Duration = Duration::from_secs(1);
 /// Sessions tried before giving up on a device whose first frame was stale.
 const SESSION_ATTEMPTS: usize = 3;
 
@@ -149,17 +150,26 @@ pub(crate) async fn open(filter: &HostFilter, selector: &str) -> Result<Box<dyn 
                 .unwrap_or_default()
         )));
     }
-    let mut last = None;
-    for (d, intf) in found {
-        match connect(&d, intf, selector).await {
-            Ok(link) => return Ok(Box::new(link)),
-            Err(e) => {
-                tracing::debug!(device = %describe(&d), error = %e, "USB open failed");
-                last = Some(e);
+    // A link of this process dropped a moment ago may still hold the
+    // interface (usbfs releases it shortly after): busy is retried a while.
+    let give_up = tokio::time::Instant::now() + BUSY_WAIT;
+    loop {
+        let mut last = None;
+        for (d, intf) in &found {
+            match connect(d, *intf, selector).await {
+                Ok(link) => return Ok(Box::new(link)),
+                Err(e) => {
+                    tracing::debug!(device = %describe(d), error = %e, "USB open failed");
+                    last = Some(e);
+                }
             }
         }
+        let e = last.expect("at least one device was tried");
+        if !matches!(e, OpenError::Busy(_)) || tokio::time::Instant::now() >= give_up {
+            return Err(e);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Err(last.expect("at least one device was tried"))
 }
 
 /// Claims `intf` of `d` and runs the session handshake.
@@ -244,10 +254,12 @@ async fn connect(
             .map_err(endpoint_error)?
             .writer(TRANSFER_BYTES)
             .with_num_transfers(TRANSFERS_IN_FLIGHT);
-        let mut frames = FrameReader::new(MAX_FRAME);
-        let first = match timeout(SESSION_TIMEOUT, frames.read(&mut reader)).await {
+        let mut frames = Reassembler::new(MAX_FRAME);
+        let first = match timeout(SESSION_TIMEOUT, next_item(&mut reader, &mut frames)).await {
             Err(_) => Err(LinkError::Timeout),
-            Ok(r) => r,
+            Ok(Ok(Item::Frame(f))) => Ok(f),
+            Ok(Ok(Item::Close)) => Err(LinkError::Closed),
+            Ok(Err(e)) => Err(e),
         };
         match first.and_then(|f| wire::check_hello(&f, id)) {
             Ok(()) => {
@@ -262,7 +274,10 @@ async fn connect(
                 tracing::debug!(device = %describe(d), session = %format!("{id:016x}"), "USB session open");
                 return Ok(UsbLink {
                     info,
-                    tx: HostTx { writer },
+                    tx: HostTx {
+                        writer: Some(writer),
+                        closed: false,
+                    },
                     rx: HostRx {
                         reader,
                         frames,
@@ -294,37 +309,94 @@ fn transfer_error(e: LinkError) -> LinkError {
     }
 }
 
-/// Writes one frame and submits it, ending with a short or zero-length
-/// packet so the gadget's read completes at the frame's end.
-async fn send_frame(w: &mut EndpointWrite<Bulk>, frame: &[u8]) -> Result<(), LinkError> {
-    let header = wire::header(frame.len(), MAX_FRAME)?;
+/// Writes one frame (or, with `header` = [`wire::CLOSE`] and no body, the
+/// close) and submits it, ending with a short or zero-length packet so the
+/// gadget's read completes there.
+async fn send_raw(
+    w: &mut EndpointWrite<Bulk>,
+    header: [u8; wire::HEADER_LEN],
+    body: &[u8],
+) -> Result<(), LinkError> {
     w.write_all(&header).await?;
-    w.write_all(frame).await?;
+    w.write_all(body).await?;
     w.submit_end();
     Ok(())
 }
 
+async fn send_frame(w: &mut EndpointWrite<Bulk>, frame: &[u8]) -> Result<(), LinkError> {
+    send_raw(w, wire::header(frame.len(), MAX_FRAME)?, frame).await
+}
+
+/// The next frame or close from the IN pipe. Cancel-safe: bytes move from
+/// the reader's buffer into `frames` with no await in between.
+async fn next_item(
+    reader: &mut EndpointRead<Bulk>,
+    frames: &mut Reassembler,
+) -> Result<Item, LinkError> {
+    loop {
+        if let Some(item) = frames.next_frame()? {
+            return Ok(item);
+        }
+        let buf = reader.fill_buf().await?;
+        if buf.is_empty() {
+            return Err(LinkError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        let n = buf.len();
+        frames.push(buf);
+        reader.consume(n);
+    }
+}
+
+/// How long `close` (or a dropped sending half) waits for what it sent to be
+/// taken by the gadget.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 struct HostTx {
-    writer: EndpointWrite<Bulk>,
+    /// None once dropped into the flushing task.
+    writer: Option<EndpointWrite<Bulk>>,
+    closed: bool,
 }
 
 #[async_trait]
 impl FrameTx for HostTx {
     async fn send(&mut self, frame: &[u8]) -> Result<(), LinkError> {
-        send_frame(&mut self.writer, frame)
-            .await
-            .map_err(transfer_error)
+        let w = match (&mut self.writer, self.closed) {
+            (Some(w), false) => w,
+            _ => return Err(LinkError::Closed),
+        };
+        send_frame(w, frame).await.map_err(transfer_error)
     }
     async fn close(&mut self) -> Result<(), LinkError> {
-        send_frame(&mut self.writer, &[]).await?;
-        self.writer.flush_end_async().await?;
-        Ok(())
+        let w = match (&mut self.writer, self.closed) {
+            (Some(w), false) => w,
+            _ => return Err(LinkError::Closed),
+        };
+        self.closed = true;
+        send_raw(w, wire::CLOSE, &[])
+            .await
+            .map_err(transfer_error)?;
+        timeout(FLUSH_TIMEOUT, w.flush_end_async())
+            .await
+            .map_err(|_| LinkError::Timeout)?
+            .map_err(|e| transfer_error(e.into()))
+    }
+}
+
+impl Drop for HostTx {
+    /// Frames `send` accepted still go out (nusb would cancel them with the
+    /// endpoint), as a socket's buffered bytes do after it is dropped.
+    fn drop(&mut self) {
+        if let (Some(mut w), Ok(rt)) = (self.writer.take(), tokio::runtime::Handle::try_current()) {
+            rt.spawn(async move {
+                let _ = timeout(FLUSH_TIMEOUT, w.flush_end_async()).await;
+            });
+        }
     }
 }
 
 struct HostRx {
     reader: EndpointRead<Bulk>,
-    frames: FrameReader,
+    frames: Reassembler,
     closed: bool,
 }
 
@@ -334,16 +406,16 @@ impl FrameRx for HostRx {
         if self.closed {
             return Err(LinkError::Closed);
         }
-        let f = self
-            .frames
-            .read(&mut self.reader)
+        match next_item(&mut self.reader, &mut self.frames)
             .await
-            .map_err(transfer_error)?;
-        if f.is_empty() {
-            self.closed = true;
-            return Err(LinkError::Closed);
+            .map_err(transfer_error)?
+        {
+            Item::Frame(f) => Ok(f),
+            Item::Close => {
+                self.closed = true;
+                Err(LinkError::Closed)
+            }
         }
-        Ok(f)
     }
 }
 

@@ -6,8 +6,9 @@
 //! the gateway interface. The gadget drops everything of the session before
 //! (queued transfers on both endpoints), answers with a fresh 8-byte session
 //! id, and sends a HELLO frame carrying it; the host checks that HELLO (so
-//! nothing stale came before it) and answers with its own. A zero-length
-//! frame closes a direction cleanly.
+//! nothing stale came before it) and answers with its own. The length
+//! [`CLOSE`] (never a frame's: frames are at most `MAX_FRAME`) closes a
+//! direction cleanly, so an empty frame is an empty frame.
 
 use bytes::{Buf, Bytes, BytesMut};
 use gateway_link::LinkError;
@@ -18,7 +19,18 @@ pub(crate) const REQ_OPEN: u8 = 0x47;
 pub(crate) const OPEN_REPLY_LEN: u16 = 8;
 /// Bytes of the length prefix.
 pub(crate) const HEADER_LEN: usize = 4;
-const HELLO_MAGIC: &[u8; 8] = b"GWUSB\x00\x01\x00";
+const HELLO_MAGIC: &[u8; 8] = b"GWUSB\x00\x02\x00";
+/// The length prefix that closes a direction.
+pub(crate) const CLOSE: [u8; HEADER_LEN] = u32::MAX.to_be_bytes();
+
+/// What the reassembler found next.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Item {
+    /// A whole frame (possibly empty).
+    Frame(Bytes),
+    /// The peer closed its direction.
+    Close,
+}
 
 /// The HELLO frame of session `id`, as sent by either side.
 pub(crate) fn hello(id: u64) -> Vec<u8> {
@@ -68,9 +80,8 @@ impl Reassembler {
         self.buf.extend_from_slice(chunk);
     }
 
-    /// The next whole frame, if the bytes so far hold one. `Some(empty)` is
-    /// the peer's close.
-    pub(crate) fn next_frame(&mut self) -> Result<Option<Bytes>, LinkError> {
+    /// The next whole frame or the peer's close, if the bytes so far hold one.
+    pub(crate) fn next_frame(&mut self) -> Result<Option<Item>, LinkError> {
         if self.broken {
             return Err(LinkError::Corrupt(
                 "the USB stream lost its framing earlier; open a new link".into(),
@@ -78,6 +89,10 @@ impl Reassembler {
         }
         if self.buf.len() < HEADER_LEN {
             return Ok(None);
+        }
+        if self.buf[..HEADER_LEN] == CLOSE {
+            self.buf.advance(HEADER_LEN);
+            return Ok(Some(Item::Close));
         }
         let len = u32::from_be_bytes(self.buf[..HEADER_LEN].try_into().expect("4 bytes")) as usize;
         if len > self.max {
@@ -90,7 +105,7 @@ impl Reassembler {
             return Ok(None);
         }
         self.buf.advance(HEADER_LEN);
-        Ok(Some(self.buf.split_to(len).freeze()))
+        Ok(Some(Item::Frame(self.buf.split_to(len).freeze())))
     }
 }
 
@@ -118,7 +133,8 @@ mod tests {
     #[test]
     fn frames_come_back_whole_whatever_sizes_the_reads_return() {
         let big = vec![7u8; 70_000];
-        let bytes = framed(&[b"one", &big, b"", b"two"]);
+        let mut bytes = framed(&[b"one", &big, b"", b"two"]);
+        bytes.extend_from_slice(&CLOSE);
         for step in [1, 3, 512, 4096, 65_536, bytes.len()] {
             let mut r = Reassembler::new(1 << 20);
             let mut got = Vec::new();
@@ -129,11 +145,19 @@ mod tests {
                     got.push(f);
                 }
             }
-            assert_eq!(got.len(), 4, "step {step}");
-            assert_eq!(&got[0][..], b"one");
-            assert_eq!(&got[1][..], &big[..]);
-            assert!(got[2].is_empty());
-            assert_eq!(&got[3][..], b"two");
+            let frame = |i: usize| match &got[i] {
+                Item::Frame(f) => f.clone(),
+                Item::Close => panic!("step {step}: close at {i}"),
+            };
+            assert_eq!(got.len(), 5, "step {step}");
+            assert_eq!(&frame(0)[..], b"one");
+            assert_eq!(&frame(1)[..], &big[..]);
+            assert!(
+                frame(2).is_empty(),
+                "an empty frame is a frame, not a close"
+            );
+            assert_eq!(&frame(3)[..], b"two");
+            assert_eq!(got[4], Item::Close);
         }
     }
 
