@@ -7,7 +7,7 @@
 # gadget identity, transfer size and queue depth as the driver, nothing else)
 # both ways, then gateway over `usb:gadget:dummy_udc.1` <-> `usb:` both ways,
 # a hot unplug mid-transfer (the gadget's UDC unbound for 2 s, then bound
-# again), and USB + TCP at once. Each step prints a "guest: [ffs] step N/9"
+# again), and USB + TCP at once. Each step prints a "guest: [ffs] step N/10"
 # line, then its result. Appends rows to /out/result.txt and a "functionfs"
 # object to /out/result.json; exits non-zero if any hash or step failed.
 set -uo pipefail
@@ -22,7 +22,7 @@ FAILS=()
 fail_step() { say "FAIL: $*"; FAILS+=("$*"); }
 STEP=0
 T_START=$(now)
-step() { STEP=$((STEP + 1)); say "step $STEP/9: $*"; }
+step() { STEP=$((STEP + 1)); say "step $STEP/10: $*"; }
 
 ip link set lo up   # for the TCP rows
 modprobe usb_f_fs || { say "FAIL: modprobe usb_f_fs"; exit 1; }
@@ -158,6 +158,19 @@ priv() {
 OK_PRIV=FAIL
 priv
 
+step "USB link conformance suite + mid-frame kills (drivers/usb/tests/hil.rs, GATEWAY_HIL_USB_UDC=$UDC)"
+CONF_USB=skipped
+if [ -n "${HIL_USB_TEST:-}" ]; then
+  t0=$(now)
+  if GATEWAY_HIL_USB_UDC=$UDC timeout 600 "$HIL_USB_TEST" --test-threads=1 > "$W/conf-usb.log" 2>&1; then
+    CONF_USB=ok
+  else
+    CONF_USB=FAIL; fail_step "usb conformance: $(grep -E '^test .* FAILED|^test result' "$W/conf-usb.log" | tr '\n' ' ')"
+  fi
+  say "usb conformance: $CONF_USB in $(secs "$t0" "$(now)")s: $(grep -E '^test ' "$W/conf-usb.log" | sed 's/^test //' | tr '\n' ';')"
+  cp "$W/conf-usb.log" /out/conf-usb.log
+fi
+
 {
   echo "== rig usb: SIZE=$SIZE over FunctionFS bulk (dummy_hcd, $UDC), transfers of $((256)) KiB x 8 in flight"
   printf '%-22s %10s %10s %6s %12s %s\n' direction raw_MB/s gw_MB/s gw/raw gw/gw-tcp-lo gateway
@@ -166,6 +179,7 @@ priv
   echo "gateway over TCP on the guest's loopback (its CPU ceiling under TCG): $GW_TCP MB/s"
   echo "unplug (UDC unbound 2 s mid-transfer): $OK_UNPLUG; usb + tcp at once: $OK_BOTH ($BOTH)"
   echo "unprivileged device end (usb-gadget setup --user nobody --acm, serve as nobody, teardown): $OK_PRIV"
+  echo "usb link conformance suite + mid-frame kills (drivers/usb/tests/hil.rs): $CONF_USB"
 } >> /out/result.txt
 # Into result.json beside the ACM legs (rig-guest-usb.sh wrote it first).
 python3 - "$SIZE" "$BYTES" "$RAW_OUT" "$RAW_OUT_S" "$GW_OUT" "$OK_OUT" "$RAW_IN" "$RAW_IN_S" "$GW_IN" "$OK_IN" \

@@ -71,6 +71,8 @@ for l in sys.stdin:
 }
 HIL_SERIAL_TEST=$(test_exe gateway-serial serial)
 [ -x "$HIL_SERIAL_TEST" ] || die "could not build the serial test binary (cargo test --release --no-run -p gateway-serial --test serial)"
+HIL_USB_TEST=$(test_exe gateway-usb hil)
+[ -x "$HIL_USB_TEST" ] || die "could not build the USB test binary (cargo test --release --no-run -p gateway-usb --test hil)"
 
 # ---------- kernel, busybox (cached) ----------
 # The guest mounts fresh tmpfs on /run: what it reads from the host
@@ -153,6 +155,7 @@ MODE=$MODE
 REVERSE=${REVERSE:-1}
 FFS=${FFS:-1}
 HIL_SERIAL_TEST=$HIL_SERIAL_TEST
+HIL_USB_TEST=$HIL_USB_TEST
 EOF
 BYTES=$(numfmt --from=iec "${SIZE%iB}")
 MEM=${MEM:-$((1024 + 4 * BYTES / 1048576))}
