@@ -436,6 +436,18 @@ async fn serve_ep0(
                     continue;
                 }
                 tracing::debug!(session = %format!("{id:016x}"), "USB gadget session open");
+                tokio::spawn(async move {
+                    let mut dead = tx.dead.clone();
+                    loop {
+                        tokio::select! {
+                            () = tokio::time::sleep(wire::KEEPALIVE_INTERVAL) => {}
+                            () = ended(&mut dead) => return,
+                        }
+                        if tx.send_raw(wire::KEEPALIVE, &[]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
                 if sessions.try_send(session).is_err() {
                     tracing::debug!("no one takes USB sessions now; this one is dropped");
                 }
@@ -590,6 +602,7 @@ impl FrameRx for GadgetRx {
                     self.closed = true;
                     return Err(LinkError::Closed);
                 }
+                Some(Item::Keepalive) => continue,
                 None => {}
             }
             if *self.dead.borrow() {
@@ -614,6 +627,15 @@ impl FrameRx for GadgetRx {
             let chunk = tokio::select! {
                 r = fetched => r.map_err(LinkError::Io)?,
                 () = ended(&mut dead) => return Err(gone(&self.eps)),
+                () = tokio::time::sleep(wire::SILENCE_TIMEOUT) => {
+                    // The host is not told to us when its process dies: its
+                    // keepalives stopping is how we learn it.
+                    self.eps.end_session(&format!(
+                        "nothing from the USB host for {:?}, not even a keepalive: it is gone",
+                        wire::SILENCE_TIMEOUT
+                    ));
+                    return Err(gone(&self.eps));
+                }
             };
             match chunk {
                 Some(c) => self.frames.push(&c),

@@ -2,6 +2,7 @@
 //! interface by class, claims it, starts a session with [`REQ_OPEN`] and
 //! keeps [`TRANSFERS_IN_FLIGHT`] bulk transfers queued each way.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -258,7 +259,7 @@ async fn connect(
         let first = match timeout(SESSION_TIMEOUT, next_item(&mut reader, &mut frames)).await {
             Err(_) => Err(LinkError::Timeout),
             Ok(Ok(Item::Frame(f))) => Ok(f),
-            Ok(Ok(Item::Close)) => Err(LinkError::Closed),
+            Ok(Ok(_)) => Err(LinkError::Closed),
             Ok(Err(e)) => Err(e),
         };
         match first.and_then(|f| wire::check_hello(&f, id)) {
@@ -274,10 +275,7 @@ async fn connect(
                 tracing::debug!(device = %describe(d), session = %format!("{id:016x}"), "USB session open");
                 return Ok(UsbLink {
                     info,
-                    tx: HostTx {
-                        writer: Some(writer),
-                        closed: false,
-                    },
+                    tx: HostTx::new(writer),
                     rx: HostRx {
                         reader,
                         frames,
@@ -334,10 +332,22 @@ async fn next_item(
     frames: &mut Reassembler,
 ) -> Result<Item, LinkError> {
     loop {
-        if let Some(item) = frames.next_frame()? {
-            return Ok(item);
+        match frames.next_frame()? {
+            Some(Item::Keepalive) => continue,
+            Some(item) => return Ok(item),
+            None => {}
         }
-        let buf = reader.fill_buf().await?;
+        let buf = timeout(wire::SILENCE_TIMEOUT, reader.fill_buf())
+            .await
+            .map_err(|_| {
+                LinkError::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "nothing from the gadget for {:?}, not even a keepalive: it is gone",
+                        wire::SILENCE_TIMEOUT
+                    ),
+                ))
+            })??;
         if buf.is_empty() {
             return Err(LinkError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
@@ -351,28 +361,44 @@ async fn next_item(
 /// taken by the gadget.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
+type SharedWriter = Arc<tokio::sync::Mutex<Option<EndpointWrite<Bulk>>>>;
+
 struct HostTx {
-    /// None once dropped into the flushing task.
-    writer: Option<EndpointWrite<Bulk>>,
-    closed: bool,
+    /// Shared with the keepalive task; None once closed or dropped.
+    writer: SharedWriter,
+    keepalive: tokio::task::JoinHandle<()>,
+}
+
+impl HostTx {
+    fn new(writer: EndpointWrite<Bulk>) -> HostTx {
+        let writer: SharedWriter = Arc::new(tokio::sync::Mutex::new(Some(writer)));
+        let w = Arc::downgrade(&writer);
+        let keepalive = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(wire::KEEPALIVE_INTERVAL).await;
+                let Some(w) = w.upgrade() else { return };
+                let mut g = w.lock().await;
+                let Some(w) = g.as_mut() else { return };
+                if send_raw(w, wire::KEEPALIVE, &[]).await.is_err() {
+                    return;
+                }
+            }
+        });
+        HostTx { writer, keepalive }
+    }
 }
 
 #[async_trait]
 impl FrameTx for HostTx {
     async fn send(&mut self, frame: &[u8]) -> Result<(), LinkError> {
-        let w = match (&mut self.writer, self.closed) {
-            (Some(w), false) => w,
-            _ => return Err(LinkError::Closed),
-        };
+        let mut g = self.writer.lock().await;
+        let w = g.as_mut().ok_or(LinkError::Closed)?;
         send_frame(w, frame).await.map_err(transfer_error)
     }
     async fn close(&mut self) -> Result<(), LinkError> {
-        let w = match (&mut self.writer, self.closed) {
-            (Some(w), false) => w,
-            _ => return Err(LinkError::Closed),
-        };
-        self.closed = true;
-        send_raw(w, wire::CLOSE, &[])
+        self.keepalive.abort();
+        let mut w = self.writer.lock().await.take().ok_or(LinkError::Closed)?;
+        send_raw(&mut w, wire::CLOSE, &[])
             .await
             .map_err(transfer_error)?;
         timeout(FLUSH_TIMEOUT, w.flush_end_async())
@@ -386,9 +412,13 @@ impl Drop for HostTx {
     /// Frames `send` accepted still go out (nusb would cancel them with the
     /// endpoint), as a socket's buffered bytes do after it is dropped.
     fn drop(&mut self) {
-        if let (Some(mut w), Ok(rt)) = (self.writer.take(), tokio::runtime::Handle::try_current()) {
+        self.keepalive.abort();
+        let writer = self.writer.clone();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = timeout(FLUSH_TIMEOUT, w.flush_end_async()).await;
+                if let Some(mut w) = writer.lock().await.take() {
+                    let _ = timeout(FLUSH_TIMEOUT, w.flush_end_async()).await;
+                }
             });
         }
     }
@@ -411,7 +441,7 @@ impl FrameRx for HostRx {
             .map_err(transfer_error)?
         {
             Item::Frame(f) => Ok(f),
-            Item::Close => {
+            Item::Close | Item::Keepalive => {
                 self.closed = true;
                 Err(LinkError::Closed)
             }

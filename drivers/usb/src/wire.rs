@@ -22,6 +22,15 @@ pub(crate) const HEADER_LEN: usize = 4;
 const HELLO_MAGIC: &[u8; 8] = b"GWUSB\x00\x02\x00";
 /// The length prefix that closes a direction.
 pub(crate) const CLOSE: [u8; HEADER_LEN] = u32::MAX.to_be_bytes();
+/// The length prefix of a keepalive (no body): each end sends one every
+/// [`KEEPALIVE_INTERVAL`], so a peer that vanished without a word (a killed
+/// host process, which the gadget is not told of) is noticed.
+pub(crate) const KEEPALIVE: [u8; HEADER_LEN] = (u32::MAX - 1).to_be_bytes();
+/// How often each end sends a keepalive.
+pub(crate) const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// A receiver waiting this long with not one byte arriving (not even a
+/// keepalive) declares the peer gone.
+pub(crate) const SILENCE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(8);
 
 /// What the reassembler found next.
 #[derive(Debug, PartialEq, Eq)]
@@ -30,6 +39,8 @@ pub(crate) enum Item {
     Frame(Bytes),
     /// The peer closed its direction.
     Close,
+    /// The peer is alive.
+    Keepalive,
 }
 
 /// The HELLO frame of session `id`, as sent by either side.
@@ -94,6 +105,10 @@ impl Reassembler {
             self.buf.advance(HEADER_LEN);
             return Ok(Some(Item::Close));
         }
+        if self.buf[..HEADER_LEN] == KEEPALIVE {
+            self.buf.advance(HEADER_LEN);
+            return Ok(Some(Item::Keepalive));
+        }
         let len = u32::from_be_bytes(self.buf[..HEADER_LEN].try_into().expect("4 bytes")) as usize;
         if len > self.max {
             self.broken = true;
@@ -133,7 +148,9 @@ mod tests {
     #[test]
     fn frames_come_back_whole_whatever_sizes_the_reads_return() {
         let big = vec![7u8; 70_000];
-        let mut bytes = framed(&[b"one", &big, b"", b"two"]);
+        let mut bytes = framed(&[b"one", &big]);
+        bytes.extend_from_slice(&KEEPALIVE);
+        bytes.extend(framed(&[b"", b"two"]));
         bytes.extend_from_slice(&CLOSE);
         for step in [1, 3, 512, 4096, 65_536, bytes.len()] {
             let mut r = Reassembler::new(1 << 20);
@@ -142,12 +159,14 @@ mod tests {
                 r.push(chunk);
                 r.push(&[]); // a zero-length packet changes nothing
                 while let Some(f) = r.next_frame().unwrap() {
-                    got.push(f);
+                    if f != Item::Keepalive {
+                        got.push(f);
+                    }
                 }
             }
             let frame = |i: usize| match &got[i] {
                 Item::Frame(f) => f.clone(),
-                Item::Close => panic!("step {step}: close at {i}"),
+                other => panic!("step {step}: {other:?} at {i}"),
             };
             assert_eq!(got.len(), 5, "step {step}");
             assert_eq!(&frame(0)[..], b"one");
