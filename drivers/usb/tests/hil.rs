@@ -362,32 +362,7 @@ async fn a_host_killed_mid_frame_to_the_gadget_leaves_a_clean_next_session() {
         "the gadget end delivered {whole} frames, but only {sent} were sent whole"
     );
     eprintln!("first session's gadget end: {whole} whole frames, then: {why}");
-    let (mut htx, mut hrx) = host.split();
-    let (mut gtx, mut grx) = gadget.split();
-    step("host -> gadget", htx.send(&frame(1000, 1 << 20)))
-        .await
-        .expect("host end, new session: send");
-    let got = step("gadget end, new session: recv", grx.recv())
-        .await
-        .expect("gadget end, new session: the first frame");
-    check(
-        "gadget end, new session: the first frame",
-        &got,
-        1000,
-        1 << 20,
-    );
-    step("gadget -> host", gtx.send(&frame(2000, 1 << 20)))
-        .await
-        .expect("gadget end, new session: send");
-    let got = step("host end, new session: recv", hrx.recv())
-        .await
-        .expect("host end, new session: the first frame");
-    check(
-        "host end, new session: the first frame",
-        &got,
-        2000,
-        1 << 20,
-    );
+    first_frames_intact(host, gadget).await;
 }
 
 /// The host end dropped while it is halfway through receiving a big frame
@@ -451,20 +426,14 @@ async fn a_host_killed_mid_frame_from_the_gadget_leaves_a_clean_next_session() {
         .await
         .expect("sender task");
     eprintln!("first session's gadget end: {sent} frames sent whole, then: {why}");
+    first_frames_intact(host, gadget).await;
+}
+
+/// A new session's first frame each way arrives intact: never the tail of a
+/// frame the session before was cut off in.
+async fn first_frames_intact(host: Box<dyn Link>, gadget: Box<dyn Link>) {
     let (mut htx, mut hrx) = host.split();
     let (mut gtx, mut grx) = gadget.split();
-    step("gadget -> host", gtx.send(&frame(2000, 1 << 20)))
-        .await
-        .expect("gadget end, new session: send");
-    let got = step("host end, new session: recv", hrx.recv())
-        .await
-        .expect("host end, new session: the first frame");
-    check(
-        "host end, new session: the first frame",
-        &got,
-        2000,
-        1 << 20,
-    );
     step("host -> gadget", htx.send(&frame(1000, 1 << 20)))
         .await
         .expect("host end, new session: send");
@@ -475,6 +444,18 @@ async fn a_host_killed_mid_frame_from_the_gadget_leaves_a_clean_next_session() {
         "gadget end, new session: the first frame",
         &got,
         1000,
+        1 << 20,
+    );
+    step("gadget -> host", gtx.send(&frame(2000, 1 << 20)))
+        .await
+        .expect("gadget end, new session: send");
+    let got = step("host end, new session: recv", hrx.recv())
+        .await
+        .expect("host end, new session: the first frame");
+    check(
+        "host end, new session: the first frame",
+        &got,
+        2000,
         1 << 20,
     );
 }
