@@ -20,7 +20,8 @@
 #      default $CARGO_TARGET_DIR/release/gateway), MEM (guest MiB, default
 #      SIZE-based), TIMEOUT (s for the whole guest run; default 900),
 #      RIG_CACHE (default target/hil-rig), REVERSE=0 (no gadget -> host
-#      serial leg), FFS=0 (no FunctionFS part), QEMU_CPU (default max).
+#      serial leg), FFS=0 (no FunctionFS part), SERIAL_CONFORMANCE=0 (no
+#      serial conformance suite over the ACM pair), QEMU_CPU (default max).
 # First run downloads into $RIG_CACHE: the Debian kernel package that
 # linux-image-amd64 depends on (apt-get download, dpkg -x, depmod -b) and
 # busybox-static; it apt-get installs qemu-system-x86, kmod and cpio if missing.
@@ -155,6 +156,7 @@ MODE=$MODE
 REVERSE=${REVERSE:-1}
 FFS=${FFS:-1}
 HIL_SERIAL_TEST=$HIL_SERIAL_TEST
+SERIAL_CONFORMANCE=${SERIAL_CONFORMANCE:-1}
 HIL_USB_TEST=$HIL_USB_TEST
 EOF
 BYTES=$(numfmt --from=iec "${SIZE%iB}")
