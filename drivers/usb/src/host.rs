@@ -91,19 +91,12 @@ pub(crate) fn interface_driver(d: &DeviceInfo, intf: u8) -> Option<String> {
                     .is_some_and(|(_, i)| i.parse::<u8>().ok() == Some(intf))
             })
         })
-        .find_map(|e| std::fs::read_link(e.path().join("driver")).ok())
-        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .find_map(|e| crate::probe::link_name(&e.path().join("driver")))
 }
 
 /// The usbfs node of a device, for permission errors.
 pub(crate) fn node(d: &DeviceInfo) -> String {
     format!("/dev/bus/usb/{:03}/{:03}", d.busnum(), d.device_address())
-}
-
-pub(crate) fn permission_fix() -> String {
-    "install the udev rule (sudo install -m 0644 udev/60-gateway.rules /etc/udev/rules.d/ && sudo udevadm control --reload && sudo udevadm trigger), \
-     join the `gateway` group and plug the cable in again, or run as root"
-        .into()
 }
 
 /// The devices on the bus with a gateway interface that `filter` accepts.
@@ -123,7 +116,11 @@ fn open_error(d: &DeviceInfo, what: &str, e: nusb::Error) -> OpenError {
     match e.kind() {
         ErrorKind::PermissionDenied => OpenError::PermissionDenied {
             what: format!("{} ({})", node(d), describe(d)),
-            fix: permission_fix(),
+            fix: crate::probe::open_permission_fix(
+                std::path::Path::new(&node(d)),
+                d.vendor_id(),
+                d.product_id(),
+            ),
         },
         ErrorKind::Busy => OpenError::Busy(format!(
             "the gateway interface of {} is claimed by another process or kernel driver ({what}: {e})",

@@ -74,7 +74,7 @@ fn names(dir: &Path) -> Vec<String> {
 }
 
 /// The last component of the symlink `path` points to (a driver's name).
-fn link_name(path: &Path) -> Option<String> {
+pub(crate) fn link_name(path: &Path) -> Option<String> {
     std::fs::read_link(path)
         .ok()?
         .file_name()
@@ -325,7 +325,10 @@ fn host_rows(sys: &Path, dev: &Path, access: &dyn Fn(&Path) -> NodeAccess) -> Ve
                         d.interface
                     ),
                 ),
-                (NodeAccess::Denied { group }, None) => (false, permission_fix(d, group.as_deref())),
+                (NodeAccess::Denied { group }, None) => (
+                    false,
+                    permission_fix(&d.node, d.vid, d.pid, group.as_deref()),
+                ),
                 (NodeAccess::Other(e), None) => (false, format!("cannot check {node}: {e}")),
                 (NodeAccess::Ok, None) => (
                     true,
@@ -348,16 +351,26 @@ fn host_rows(sys: &Path, dev: &Path, access: &dyn Fn(&Path) -> NodeAccess) -> Ve
         .collect()
 }
 
+/// What to do about a refused open of `node` (the device `vid:pid`), for
+/// the host end's open error: the same advice `gateway links` gives.
+pub(crate) fn open_permission_fix(node: &Path, vid: u16, pid: u16) -> String {
+    let group = match node_access(node) {
+        NodeAccess::Denied { group } => group,
+        _ => None,
+    };
+    permission_fix(node, vid, pid, group.as_deref())
+}
+
 /// Why this user may not open the device, and what to do about it.
-fn permission_fix(d: &HostDevice, group: Option<&str>) -> String {
-    let node = d.node.display();
+fn permission_fix(node: &Path, vid: u16, pid: u16, group: Option<&str>) -> String {
+    let node = node.display();
     if group == Some(GROUP) {
         return format!(
             "no write access to {node} (group {GROUP}, from the udev rule): join the group (`sudo usermod -aG {GROUP} $USER`, then log in again) or run as root"
         );
     }
-    let ids = format!("{:04x}:{:04x}", d.vid, d.pid);
-    let matches = if (d.vid, d.pid) == (VENDOR_ID, PRODUCT_ID) {
+    let ids = format!("{vid:04x}:{pid:04x}");
+    let matches = if (vid, pid) == (VENDOR_ID, PRODUCT_ID) {
         String::new()
     } else {
         format!(" (it matches {VENDOR_ID:04x}:{PRODUCT_ID:04x}: add a line for {ids})")
