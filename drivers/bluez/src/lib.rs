@@ -1,0 +1,2 @@
+//! gateway-bluez: Bluetooth link drivers over BlueZ. Work in progress.
+#![warn(missing_docs)]
