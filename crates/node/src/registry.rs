@@ -6,7 +6,8 @@ use gateway_link::Registry;
 
 /// Transports not in this build, and why, for `gateway links`.
 #[cfg(feature = "bluetooth")]
-pub const NOT_BUILT: &[(&str, &str)] = &[("ble", "Bluetooth Low Energy — driver not in this build yet")];
+pub const NOT_BUILT: &[(&str, &str)] =
+    &[("ble", "Bluetooth Low Energy — driver not in this build yet")];
 /// Transports not in this build, and why, for `gateway links`.
 #[cfg(not(feature = "bluetooth"))]
 pub const NOT_BUILT: &[(&str, &str)] = &[

@@ -360,10 +360,45 @@ impl LinkDriver for RfcommDriver {
             .map_err(|e| open_error(&what, e))?;
         let local = l.as_ref().local_addr().map_err(|e| open_error(&what, e))?;
         Ok(Box::new(RfcommListener {
-            selector: format!("rfcomm:{}/{}", local_name(local.addr), local.channel),
+            selector: reachable(format!(
+                "rfcomm:{}/{}",
+                local_name(local.addr),
+                local.channel
+            )),
             inner: RfcommAccept::Socket(l),
         }))
     }
+}
+
+/// The selectors a peer dials for a Bluetooth listener `sel` as announced in
+/// a Hello: `rfcomm:any/CH` (and `l2cap:any/PSM[?le=..]`) become one selector
+/// per adapter that is up, with its address. `None` when `sel` is not a
+/// Bluetooth listener on `any` (it is then announced as it is).
+pub fn dialable(sel: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = sel.split_once(':')?;
+    if !matches!(scheme, "rfcomm" | "l2cap") {
+        return None;
+    }
+    let rest = rest.strip_prefix("any")?;
+    let names = probe::adapter_names(std::path::Path::new("/sys/class/bluetooth"));
+    Some(
+        names
+            .iter()
+            .filter_map(|n| n.strip_prefix("hci")?.parse::<u16>().ok())
+            .filter_map(|id| probe::hci_info(id).ok())
+            .filter(|i| i.up)
+            .map(|i| format!("{scheme}:{}{rest}", i.address))
+            .collect(),
+    )
+}
+
+/// A listener's selector a peer (or a test on this machine) can open: on
+/// `any`, the first adapter that is up stands in, as TCP's wildcard names
+/// loopback.
+fn reachable(sel: String) -> String {
+    dialable(&sel)
+        .and_then(|v| v.into_iter().next())
+        .unwrap_or(sel)
 }
 
 /// `any`, or the address.
@@ -396,7 +431,7 @@ async fn register_profile(ch: u8) -> Result<RfcommListener, String> {
             .await
             .map_err(|e| format!("bluetoothd refused the profile ({e})"))?;
         Ok::<_, String>(RfcommListener {
-            selector: format!("rfcomm:any/{ch}"),
+            selector: reachable(format!("rfcomm:any/{ch}")),
             inner: RfcommAccept::Profile {
                 handle,
                 _session: session,
@@ -513,7 +548,7 @@ impl LinkDriver for L2capDriver {
             AddressType::LeRandom => "?le=random",
         };
         Ok(Box::new(L2capListener {
-            selector: format!("l2cap:{}/{:#x}{le}", local_name(sa.addr), sa.psm),
+            selector: reachable(format!("l2cap:{}/{:#x}{le}", local_name(sa.addr), sa.psm)),
             l,
         }))
     }
