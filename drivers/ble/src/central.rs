@@ -107,6 +107,9 @@ pub(crate) async fn open(
     let hs_deadline = deadline
         .min(Instant::now() + HANDSHAKE)
         .max(Instant::now() + Duration::from_secs(2));
+    // The link's first packets may overtake the WELCOME (Enhanced ATT
+    // spreads notifications over several bearers): keep them for the link.
+    let mut early = Vec::new();
     let (channel, packet, peer_window) = loop {
         let n = match timeout_at(hs_deadline, notes.next()).await {
             Err(_) => {
@@ -126,7 +129,8 @@ pub(crate) async fn open(
         if n.uuid != notify_c.uuid {
             continue;
         }
-        match wire::decode(&Bytes::from(n.value)) {
+        let raw = Bytes::from(n.value);
+        match wire::decode(&raw) {
             Some((
                 wire::HANDSHAKE,
                 Packet::Welcome {
@@ -154,6 +158,7 @@ pub(crate) async fn open(
                     )),
                 });
             }
+            Some((c, _)) if c != wire::HANDSHAKE => early.push(raw),
             _ => continue,
         }
     };
@@ -169,6 +174,9 @@ pub(crate) async fn open(
     drop(count);
     tracing::info!(peer = %p.addr, adapter = %adapter_name, channel, packet, "ble connected");
     let (q_tx, q_rx) = incoming_queue(cfg);
+    for raw in early.into_iter().filter(|r| r.first() == Some(&channel)) {
+        let _ = q_tx.try_send(raw);
+    }
     let notify_uuid = notify_c.uuid;
     let mut events = adapter.events().await.ok();
     let id = peripheral.id();
@@ -287,10 +295,10 @@ async fn find(
         tracing::debug!(error = %e, "start_scan failed; trying known devices only");
     }
     loop {
-        if let Ok(ps) = adapter.peripherals().await {
-            if let Some(found) = ps.into_iter().find(|x| x.address() == p.addr) {
-                return Ok(found);
-            }
+        if let Ok(ps) = adapter.peripherals().await
+            && let Some(found) = ps.into_iter().find(|x| x.address() == p.addr)
+        {
+            return Ok(found);
         }
         if Instant::now() >= deadline {
             let _ = adapter.stop_scan().await;
@@ -388,10 +396,10 @@ fn sink_err(e: btleplug::Error) -> io::Error {
 #[async_trait]
 impl PacketSink for WriteSink {
     async fn send(&mut self, packet: Bytes) -> io::Result<()> {
-        if self.in_flight.len() >= WRITES_IN_FLIGHT {
-            if let Some(r) = self.in_flight.next().await {
-                r.map_err(sink_err)?;
-            }
+        if self.in_flight.len() >= WRITES_IN_FLIGHT
+            && let Some(r) = self.in_flight.next().await
+        {
+            r.map_err(sink_err)?;
         }
         let p = self.peripheral.clone();
         let c = self.characteristic.clone();

@@ -15,10 +15,10 @@ pub(crate) async fn adapter_addresses() -> Result<Vec<(String, String)>, OpenErr
         .await
         .map_err(|e| open_error(&e, "listing Bluetooth adapters"))?
     {
-        if let Ok(a) = s.adapter(&n) {
-            if let Ok(addr) = a.address().await {
-                out.push((n, addr.to_string()));
-            }
+        if let Ok(a) = s.adapter(&n)
+            && let Ok(addr) = a.address().await
+        {
+            out.push((n, addr.to_string()));
         }
     }
     Ok(out)

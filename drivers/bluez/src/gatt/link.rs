@@ -252,6 +252,7 @@ async fn read_loop(
     shared: Arc<Shared>,
 ) {
     let mut reasm = wire::Reassembler::new(cfg.max_frame);
+    let mut reorder = Reorder::default();
     // Frames (and the peer's close) waiting for room in `frames`.
     let mut pending: VecDeque<Result<Bytes, LinkError>> = VecDeque::new();
     // Credit earned but not yet granted; and credit for packets of frames
@@ -317,34 +318,56 @@ async fn read_loop(
                         io::ErrorKind::ConnectionReset,
                         "the BLE peer dropped the link without closing it",
                     ))),
-                    Packet::Close { seq } => match reasm.close(seq) {
-                        Ok(()) if !peer_closed => {
-                            peer_closed = true;
-                            pending.push_back(Err(LinkError::Closed));
-                        }
-                        Ok(()) => {}
-                        Err(e) => fail(&mut pending, e),
-                    },
-                    p @ (Packet::First { .. } | Packet::More { .. }) => {
-                        if peer_closed {
-                            fail(&mut pending, LinkError::Corrupt("BLE data after the peer's close".into()));
-                            continue;
-                        }
-                        if pending.is_empty() {
-                            owed += 1;
-                        } else {
-                            withheld += 1;
-                        }
-                        match reasm.push(p) {
-                            Ok(Some(f)) => pending.push_back(Ok(f)),
-                            Ok(None) => {}
-                            Err(e) => fail(&mut pending, e),
+                    p @ (Packet::First { .. } | Packet::More { .. } | Packet::Close { .. }) => {
+                        let ready = match reorder.take(p) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                fail(&mut pending, e);
+                                continue;
+                            }
+                        };
+                        for p in ready {
+                            if let Packet::Close { seq } = p {
+                                match reasm.close(seq) {
+                                    Ok(()) if !peer_closed => {
+                                        peer_closed = true;
+                                        pending.push_back(Err(LinkError::Closed));
+                                    }
+                                    Ok(()) => {}
+                                    Err(e) => fail(&mut pending, e),
+                                }
+                                continue;
+                            }
+                            if peer_closed {
+                                fail(&mut pending, LinkError::Corrupt("BLE data after the peer's close".into()));
+                                break;
+                            }
+                            if pending.is_empty() {
+                                owed += 1;
+                            } else {
+                                withheld += 1;
+                            }
+                            match reasm.push(p) {
+                                Ok(Some(f)) => pending.push_back(Ok(f)),
+                                Ok(None) => {}
+                                Err(e) => {
+                                    fail(&mut pending, e);
+                                    break;
+                                }
+                            }
                         }
                     }
                     other => tracing::debug!(?other, "ignoring a handshake packet on a link"),
                 }
             }
             _ = tick.tick(), if !dead => {
+                if reorder.gap_for() > cfg.silence_timeout {
+                    fail(&mut pending, LinkError::Corrupt(format!(
+                        "BLE packet {} never arrived though later ones did: the Bluetooth stack lost it; reopen the link",
+                        reorder.next
+                    )));
+                    continue;
+                }
                 if heard.elapsed() > cfg.silence_timeout {
                     tracing::debug!(silence = ?heard.elapsed(), "ble peer silent");
                     fail(&mut pending, LinkError::Timeout);
@@ -354,6 +377,51 @@ async fn read_loop(
                 let _ = outbox.try_send(wire::encode(channel, &Packet::Keepalive));
             }
         }
+    }
+}
+
+/// Puts data packets back in sequence order. ATT is ordered on one bearer,
+/// but with Enhanced ATT (BlueZ 5.6x, `[GATT] Channels`) write commands and
+/// notifications spread over several L2CAP channels and overtake each other.
+/// Credit bounds how far apart they can be: a window, below half the
+/// sequence space.
+#[derive(Default)]
+struct Reorder {
+    next: u8,
+    held: std::collections::HashMap<u8, Packet>,
+    /// Since when a packet has been missing while later ones wait.
+    gap_since: Option<Instant>,
+}
+
+impl Reorder {
+    fn take(&mut self, p: Packet) -> Result<Vec<Packet>, LinkError> {
+        let seq = match &p {
+            Packet::First { seq, .. } | Packet::More { seq, .. } | Packet::Close { seq } => *seq,
+            _ => unreachable!("only data and close packets are sequenced"),
+        };
+        let ahead = seq.wrapping_sub(self.next);
+        if ahead >= 128 || self.held.contains_key(&seq) {
+            return Err(LinkError::Corrupt(format!(
+                "BLE packet {seq} arrived where {} was due, outside the flow-control window: packets were lost or duplicated; reopen the link",
+                self.next
+            )));
+        }
+        self.held.insert(seq, p);
+        let mut out = Vec::new();
+        while let Some(p) = self.held.remove(&self.next) {
+            out.push(p);
+            self.next = self.next.wrapping_add(1);
+        }
+        self.gap_since = match (self.held.is_empty(), self.gap_since) {
+            (true, _) => None,
+            (false, None) => Some(Instant::now()),
+            (false, since) => since,
+        };
+        Ok(out)
+    }
+
+    fn gap_for(&self) -> Duration {
+        self.gap_since.map_or(Duration::ZERO, |t| t.elapsed())
     }
 }
 

@@ -342,11 +342,10 @@ impl ServiceTask {
             return;
         }
         match self.links.get(&channel) {
-            Some(q) => {
-                if q.try_send(raw).is_err() {
-                    tracing::warn!(channel, "central overran its window; packet dropped");
-                }
+            Some(q) if q.try_send(raw).is_err() => {
+                tracing::warn!(channel, "central overran its window; packet dropped");
             }
+            Some(_) => {}
             // A link that ended here (dropped, timed out): tell its central.
             None if !matches!(packet, Packet::Reset) => {
                 self.notify(wire::encode(channel, &Packet::Reset)).await;
@@ -357,10 +356,10 @@ impl ServiceTask {
 
     async fn notify(&self, p: Bytes) {
         let w = self.writer.borrow().clone();
-        if let Some(w) = w {
-            if let Err(e) = w.send(&p).await {
-                tracing::debug!(error = %e, "notification failed");
-            }
+        if let Some(w) = w
+            && let Err(e) = w.send(&p).await
+        {
+            tracing::debug!(error = %e, "notification failed");
         }
     }
 

@@ -24,6 +24,10 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 struct MemSink {
     to: mpsc::Sender<Bytes>,
+    /// A packet held back to go after the next one, as packets overtake
+    /// each other on Enhanced ATT's several bearers.
+    held: Option<Bytes>,
+    n: u64,
     packet: usize,
     /// Set to stop delivering (a peer out of range), without any error.
     mute: Arc<std::sync::atomic::AtomicBool>,
@@ -42,6 +46,22 @@ impl PacketSink for MemSink {
         if self.mute.load(Ordering::Relaxed) {
             return Ok(());
         }
+        self.n += 1;
+        // Every 7th packet waits for the next one (control packets too).
+        if self.n % 7 == 0 && self.held.is_none() {
+            self.held = Some(p);
+            return Ok(());
+        }
+        self.deliver(p)?;
+        match self.held.take() {
+            Some(h) => self.deliver(h),
+            None => Ok(()),
+        }
+    }
+}
+
+impl MemSink {
+    fn deliver(&mut self, p: Bytes) -> io::Result<()> {
         match self.to.try_send(p) {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -81,6 +101,8 @@ fn pair(cfg: &GattConfig, packet: usize) -> Ends {
         wiring,
         MemSink {
             to: b_in_tx,
+            held: None,
+            n: 0,
             packet,
             mute: mute_a.clone(),
         },
@@ -93,6 +115,8 @@ fn pair(cfg: &GattConfig, packet: usize) -> Ends {
         wiring,
         MemSink {
             to: a_in_tx,
+            held: None,
+            n: 0,
             packet,
             mute: Arc::new(Default::default()),
         },
