@@ -48,7 +48,7 @@ impl PacketSink for MemSink {
         }
         self.n += 1;
         // Every 7th packet waits for the next one (control packets too).
-        if self.n % 7 == 0 && self.held.is_none() {
+        if self.n.is_multiple_of(7) && self.held.is_none() {
             self.held = Some(p);
             return Ok(());
         }
