@@ -30,6 +30,7 @@ use gateway_link::{
     Selector, SelectorError,
 };
 
+pub mod gatt;
 pub mod packet;
 pub mod probe;
 pub mod retry;
