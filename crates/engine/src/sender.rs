@@ -324,6 +324,13 @@ impl Sender {
         if !lost.is_empty() && self.phase == Phase::Verifying {
             self.phase = Phase::Sending;
             self.complete_due = false;
+        } else if self.phase == Phase::Verifying {
+            // The receiver may have restarted after our Complete and before
+            // its Verdict (it holds everything, but lost the Complete with
+            // its process): say it again. A receiver that got it already
+            // finishes once (it answers a repeated Complete with the same
+            // verdict).
+            self.complete_due = true;
         }
         self.maybe_complete();
         Ok(())
@@ -932,6 +939,25 @@ mod tests {
         assert_eq!(s.progress().acked_bytes, 100);
         let next: Vec<u64> = std::iter::from_fn(|| s.poll_chunk(0, now).map(|c| c.index)).collect();
         assert_eq!(next, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_receiver_that_restarts_while_verifying_is_sent_complete_again() {
+        let mut s = tx();
+        accept_all_missing(&mut s);
+        s.handle_ack(0, &[Range { start: 0, end: 10 }], Instant::now())
+            .unwrap();
+        s.set_file_hash([3; 32]);
+        assert!(s.poll_complete().is_some());
+        // Killed after committing everything, before its Verdict: it rejoins
+        // holding every chunk.
+        s.handle_rejoin(&Accept {
+            transfer_id: [1; 16],
+            have: vec![Range { start: 0, end: 10 }],
+        })
+        .unwrap();
+        let c = s.poll_complete().expect("Complete again after the rejoin");
+        assert_eq!(c.file_hash, [3; 32]);
     }
 
     #[test]

@@ -429,12 +429,14 @@ impl FileStream {
         let res = tokio::task::spawn_blocking(move || -> Result<(), NodeError> {
             // Order matters: data on disk first, then the DB may say so.
             this.sink.sync_data(&this.part_path)?;
+            crate::crash::point("recv_synced");
             this.state.store().commit_durable(
                 &this.id,
                 Direction::Recv,
                 &job2.chunks,
                 &job2.hashes,
             )?;
+            crate::crash::point("recv_committed");
             Ok(())
         })
         .await
@@ -489,7 +491,10 @@ impl FileStream {
         }
         tracing::info!(name = %self.name, "final sync done; hashing the file on disk");
         let this = self.clone();
-        let (whole, bad) = tokio::task::spawn_blocking(move || this.hash_on_disk())
+        let (whole, bad) = tokio::task::spawn_blocking(move || {
+            crate::crash::point("recv_hashing");
+            this.hash_on_disk()
+        })
             .await
             .map_err(|e| NodeError::Other(format!("hash task failed: {e}")))??;
         let verdict = self.engine().verdict(&whole, &bad);
@@ -562,6 +567,7 @@ impl FileStream {
             .map_err(|e| NodeError::io(format!("fsync {}", self.part_path.display()), e))?;
         let target = self.link_into_place()?;
         sync_dir(&self.dir);
+        crate::crash::point("recv_renamed");
         if target != self.part_path {
             match std::fs::remove_file(&self.part_path) {
                 Ok(()) => sync_dir(&self.dir),

@@ -7,6 +7,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+mod crash;
 pub mod dirtree;
 pub mod discover;
 mod file_stream;

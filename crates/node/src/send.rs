@@ -693,6 +693,7 @@ pub async fn send(
             let Some(ev) = ev else { break };
             match ev {
                 Event::SaveDurable(set) => {
+                    crate::crash::point("send_durable");
                     state.store().set_durable(&rec.id, Direction::Send, &set)?;
                 }
                 Event::RetryLink(link) => {
@@ -730,6 +731,7 @@ pub async fn send(
                             Action::RetryLinkAt { .. } | Action::Continue | Action::KeepRecords => {
                             }
                             Action::DeleteRecords => {
+                                crate::crash::point("send_done");
                                 state.store().delete_transfer(&rec.id, Direction::Send)?;
                                 finished = Some(Ok(()));
                             }
