@@ -644,6 +644,90 @@ fn sender_killed_with_sigkill_resumes_on_rerun() {
     check_delivered(&t, &report, size, &want, &[&recv]);
 }
 
+/// A small tmpfs as the receiver's directory (root only; `None` says why not).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, mib: u64) -> Option<SmallDisk> {
+        std::fs::create_dir_all(at).expect("mount point");
+        let ok = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={mib}m"),
+                "tmpfs",
+                &s(at),
+            ])
+            .status()
+            .is_ok_and(|st| st.success());
+        ok.then(|| SmallDisk(at.to_path_buf()))
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_receiver_whose_disk_fills_mid_transfer_waits_and_resumes_when_space_returns() {
+    let _g = heavy();
+    let t = setup();
+    let Some(_disk) = SmallDisk::mount(&t.inbox, 64) else {
+        eprintln!("SKIPPED: cannot mount a 64 MiB tmpfs here (needs root, as in CI)");
+        return;
+    };
+    let size = 30 * 1000 * 1000;
+    let want = make_file(&t.src, size);
+    let (recv, sels) = serve(&t.recv_state, &t.inbox, 1);
+    let mut sender = Proc::spawn(
+        "gateway send (rate-capped, into a disk that fills)",
+        &send_args(&t.send_state, &t.src, &with_rate(&sels, "5MB")),
+    );
+    // Another program takes the room the rest of the file needs.
+    wait_durable(&t.recv_state, 0, &mut sender, &recv);
+    let filler = t.inbox.join("filler");
+    let _ = std::fs::write(&filler, vec![0u8; 45 * 1000 * 1000]);
+    let full_at = Instant::now();
+    while !sender.stderr_text().contains("disk is full") {
+        if full_at.elapsed() > Duration::from_secs(30) {
+            fail(
+                "the sender never said the receiver's disk is full",
+                &[&sender, &recv],
+                &[],
+            );
+        }
+        if sender.exited().is_some() {
+            fail(
+                "the sender ended instead of waiting for room",
+                &[&sender, &recv],
+                &[],
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Full for a few seconds: no corruption, the sender waits.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        sender.exited().is_none(),
+        "the sender must wait for room, not end"
+    );
+    std::fs::remove_file(&filler).expect("free the room");
+    let out = sender.finish(SEND_TIMEOUT, &[&recv]);
+    if !out.status.success() {
+        fail(
+            &format!("send after room came back: {:?}", out.status),
+            &[&recv],
+            &[],
+        );
+    }
+    let report: Value =
+        serde_json::from_str(out.stdout.lines().last().unwrap_or("")).expect("JSON report");
+    check_delivered(&t, &report, size, &want, &[&recv]);
+}
+
 #[test]
 fn receiver_killed_with_sigkill_resumes_after_restart() {
     let _g = heavy();

@@ -495,8 +495,8 @@ impl FileStream {
             crate::crash::point("recv_hashing");
             this.hash_on_disk()
         })
-            .await
-            .map_err(|e| NodeError::Other(format!("hash task failed: {e}")))??;
+        .await
+        .map_err(|e| NodeError::Other(format!("hash task failed: {e}")))??;
         let verdict = self.engine().verdict(&whole, &bad);
         tracing::info!(name = %self.name, ok = verdict.ok, "verdict");
         if !verdict.ok {

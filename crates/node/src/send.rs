@@ -533,6 +533,8 @@ pub async fn send(
         (geo.chunks() == 0).then(|| *blake3::hash(b"").as_bytes());
     let mut hash_task = Some(hash_task);
     let mut no_links_since: Option<Instant> = None;
+    // The receiver's disk is full: since when, its acked bytes then, its words.
+    let mut disk_full: Option<(Instant, u64, String)> = None;
     let mut verify_started: Option<Instant> = None;
     let mut looking = false;
     let mut last_look: Option<Instant> = None;
@@ -559,8 +561,22 @@ pub async fn send(
                         }
                     }
                     Internal::Frame { link, frame } => {
-                        if let Some(r) = handle_control_frame(&shared, link, frame, &state, &rec.id) {
-                            break r;
+                        match handle_control_frame(&shared, link, frame, &state, &rec.id) {
+                            Control::Continue => {}
+                            Control::End(r) => break r,
+                            Control::DiskFull(why) => {
+                                // ERROR, not the end: the receiver dropped the
+                                // link; the retry re-checks every
+                                // retry_interval and the transfer continues
+                                // once there is room, or pauses after
+                                // pause_after without any.
+                                if disk_full.is_none() {
+                                    let acked = shared.engine().progress().acked_bytes;
+                                    tracing::warn!(parent: &span, "the receiver's disk is full ({why}); waiting up to {:?} for room, checking every {:?}", cfg.pause_after, cfg.engine.retry_interval);
+                                    save_signal(&state, &rec.id, &shared, &Signal::Error { link, reason: format!("receiver disk full: {why}"), requeued: Vec::new() }, "ERROR")?;
+                                    disk_full = Some((Instant::now(), acked, why));
+                                }
+                            }
                         }
                     }
                     Internal::Reopened { link, conn } => {
@@ -808,6 +824,19 @@ pub async fn send(
                     .map_err(|e| e.to_string());
                 let _ = itx.send(Internal::Found(found));
             });
+        }
+        // The receiver's disk: room again once acks move on; without room
+        // for pause_after, pause.
+        if let Some((since, acked, why)) = &disk_full {
+            if shared.engine().progress().acked_bytes > *acked {
+                tracing::info!(parent: &span, "the receiver has room again; continuing");
+                disk_full = None;
+            } else if now.duration_since(*since) > cfg.pause_after {
+                break Err(NodeError::Paused(format!(
+                    "the receiver's disk is full ({why}) and had no room for {:?}; state is saved: free space there, then run the same send again",
+                    cfg.pause_after
+                )));
+            }
         }
         // No link at all for too long: pause.
         let up = shared.engine().links_up();
@@ -1179,19 +1208,27 @@ async fn reader(
     }
 }
 
-/// Verdict, Reject and Error frames. Returns `Some` to end the transfer.
+/// What a control frame from the receiver means for the transfer.
+enum Control {
+    Continue,
+    End(Result<(), NodeError>),
+    /// The receiver could not write: its disk is full (its words).
+    DiskFull(String),
+}
+
+/// Verdict, Reject and Error frames.
 fn handle_control_frame(
     shared: &Shared,
     link: LinkId,
     frame: Frame,
     state: &NodeState,
     id: &TransferId,
-) -> Option<Result<(), NodeError>> {
+) -> Control {
     match frame.body {
         Body::Verdict(v) => {
             let r = shared.engine().handle_verdict(&v);
             if let Err(e) = r {
-                return Some(Err(NodeError::Peer(e.to_string())));
+                return Control::End(Err(NodeError::Peer(e.to_string())));
             }
             if !v.ok {
                 tracing::warn!("verdict: {}; re-sending those chunks", v.message);
@@ -1200,20 +1237,17 @@ fn handle_control_frame(
                     .set_durable(id, Direction::Send, shared.engine().durable());
                 shared.wake.notify_waiters();
             }
-            None
+            Control::Continue
         }
-        Body::Reject(r) => Some(Err(NodeError::Rejected(r.message))),
+        Body::Reject(r) => Control::End(Err(NodeError::Rejected(r.message))),
         Body::Error(e) => {
             tracing::warn!(link = %shared.selector(link), "receiver error: {}", e.message);
             match e.code {
-                ErrorCode::DiskFull => Some(Err(NodeError::Paused(format!(
-                    "the receiver's disk is full ({}); free space there, then run the same send again",
-                    e.message
-                )))),
-                _ => None,
+                ErrorCode::DiskFull => Control::DiskFull(e.message),
+                _ => Control::Continue,
             }
         }
-        _ => None,
+        _ => Control::Continue,
     }
 }
 
