@@ -728,6 +728,62 @@ fn a_receiver_whose_disk_fills_mid_transfer_waits_and_resumes_when_space_returns
     check_delivered(&t, &report, size, &want, &[&recv]);
 }
 
+/// The sender dies after the file landed and before it forgot the transfer
+/// (its DB still says unfinished): the rerun learns the receiver has it all,
+/// sends nothing and lands nothing twice.
+#[test]
+fn a_rerun_of_a_send_that_already_landed_sends_nothing_and_lands_nothing_twice() {
+    let _g = heavy();
+    let t = setup();
+    let size = 24 * MIB;
+    let want = make_file(&t.src, size);
+    let (recv, sels) = serve(&t.recv_state, &t.inbox, 2);
+    let mut sender = Proc::spawn(
+        "gateway send (rate-capped)",
+        &send_args(&t.send_state, &t.src, &with_rate(&sels, "20MB")),
+    );
+    wait_durable(&t.recv_state, 0, &mut sender, &recv);
+    // What a SIGKILL right after the verdict would leave: the sender's DB as
+    // it was mid-transfer (copied while the transfer runs).
+    let snap = t.send_state.with_extension("snapshot");
+    std::fs::create_dir_all(&snap).expect("snapshot dir");
+    for f in ["gateway.db", "gateway.db-wal", "gateway.db-shm"] {
+        let _ = std::fs::copy(t.send_state.join(f), snap.join(f));
+    }
+    let out = sender.finish(SEND_TIMEOUT, &[&recv]);
+    assert!(out.status.success(), "first send: {:?}", out.status);
+    for f in ["gateway.db", "gateway.db-wal", "gateway.db-shm"] {
+        let _ = std::fs::remove_file(t.send_state.join(f));
+        let _ = std::fs::copy(snap.join(f), t.send_state.join(f));
+    }
+    assert_eq!(
+        transfers(&t.send_state).len(),
+        1,
+        "the restored sender DB should hold the unfinished transfer"
+    );
+    let report = send_ok(&t.send_state, &t.src, &sels, &[&recv]);
+    assert_eq!(
+        u(&report, "bytes_sent"),
+        0,
+        "the rerun should send nothing: {report}"
+    );
+    check_delivered(&t, &report, size, &want, &[&recv]);
+    let landed: Vec<_> = std::fs::read_dir(&t.inbox)
+        .expect("inbox")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        landed,
+        vec!["payload.bin".to_string()],
+        "landed once, under its name"
+    );
+    assert!(
+        transfers(&t.send_state).is_empty(),
+        "the sender forgot the transfer"
+    );
+}
+
 #[test]
 fn receiver_killed_with_sigkill_resumes_after_restart() {
     let _g = heavy();

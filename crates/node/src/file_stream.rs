@@ -508,7 +508,7 @@ impl FileStream {
             return Ok((verdict, None));
         }
         let this = self.clone();
-        let final_path = tokio::task::spawn_blocking(move || this.finalize())
+        let final_path = tokio::task::spawn_blocking(move || this.finalize(&whole))
             .await
             .map_err(|e| NodeError::Other(format!("rename task failed: {e}")))??;
         Ok((verdict, Some(final_path)))
@@ -549,11 +549,11 @@ impl FileStream {
     /// removed, and only then the DB record deleted. A crash anywhere in
     /// between is finished by the next Complete: the file is never sent
     /// twice and never lands twice.
-    fn finalize(&self) -> Result<PathBuf, NodeError> {
+    fn finalize(&self, hash: &Hash) -> Result<PathBuf, NodeError> {
         use std::os::unix::fs::PermissionsExt;
         let file = match &self.sink {
             Sink::Part(f) => f,
-            Sink::Tree(t) => return self.land_tree(t),
+            Sink::Tree(t) => return self.land_tree(t, hash),
         };
         let mode = self.mode & 0o777;
         if mode != 0 {
@@ -580,16 +580,19 @@ impl FileStream {
                 }
             }
         }
-        self.state
-            .store()
-            .delete_transfer(&self.id, Direction::Recv)?;
+        self.state.store().finish_received(
+            &self.id,
+            &target.to_string_lossy(),
+            hash,
+            crate::state::now_ms(),
+        )?;
         Ok(target)
     }
 
     /// A verified tree moves into `dir/NAME` (merged into it if it is a
     /// directory already; `NAME (1)`… if a file is in the way), then the
     /// record goes.
-    fn land_tree(&self, staged: &Staged) -> Result<PathBuf, NodeError> {
+    fn land_tree(&self, staged: &Staged, hash: &Hash) -> Result<PathBuf, NodeError> {
         let mut dest = self.dir.join(&self.name);
         if dest.symlink_metadata().is_ok_and(|m| !m.is_dir()) {
             dest = candidates(&self.dir, &self.name)
@@ -606,9 +609,12 @@ impl FileStream {
             "tree landed"
         );
         sync_dir(&self.dir);
-        self.state
-            .store()
-            .delete_transfer(&self.id, Direction::Recv)?;
+        self.state.store().finish_received(
+            &self.id,
+            &dest.to_string_lossy(),
+            hash,
+            crate::state::now_ms(),
+        )?;
         Ok(dest)
     }
 

@@ -309,7 +309,64 @@ impl Server {
             .map(|s| s.blocks_available() * s.fragment_size())
     }
 
+    /// A transfer from `peer` that already landed here: the Accept a rerun
+    /// of it gets (every chunk held), so nothing is sent or landed twice.
+    fn finished_accept(&self, id: &TransferId, peer: &str) -> Result<Option<Body>, NodeError> {
+        let Some(f) = self.state.store().finished_received(id)? else {
+            return Ok(None);
+        };
+        if f.peer != peer {
+            return Ok(None);
+        }
+        let chunks = gateway_engine::Geometry::new(f.size, f.chunk_size).chunks();
+        tracing::info!(path = %f.path, "a rerun of a transfer that already landed; telling the sender it is done");
+        Ok(Some(Body::Accept(gateway_proto::Accept {
+            transfer_id: *id,
+            have: if chunks == 0 {
+                Vec::new()
+            } else {
+                vec![gateway_proto::Range {
+                    start: 0,
+                    end: chunks,
+                }]
+            },
+        })))
+    }
+
+    /// The verdict on a Complete for a transfer that already landed.
+    fn finished_verdict(
+        &self,
+        c: &gateway_proto::Complete,
+        peer: &str,
+    ) -> Option<gateway_proto::Verdict> {
+        let f = self
+            .state
+            .store()
+            .finished_received(&c.transfer_id)
+            .ok()??;
+        if f.peer != peer {
+            return None;
+        }
+        let ok = f.file_hash == c.file_hash;
+        Some(gateway_proto::Verdict {
+            transfer_id: c.transfer_id,
+            ok,
+            bad_chunks: Vec::new(),
+            message: if ok {
+                format!("already received: {}", f.path)
+            } else {
+                format!(
+                    "this transfer id landed here as {} with another hash; send the file again as a new transfer",
+                    f.path
+                )
+            },
+        })
+    }
+
     fn on_offer(&self, offer: &Offer, peer: &str) -> Result<Body, NodeError> {
+        if let Some(body) = self.finished_accept(&offer.transfer_id, peer)? {
+            return Ok(body);
+        }
         if let Some(s) = self.load(&offer.transfer_id)? {
             if s.peer != peer {
                 return Ok(Body::Reject(Reject {
@@ -577,12 +634,13 @@ async fn file_loop(
         match frame.body {
             Body::Offer(offer) => match server.on_offer(&offer, peer_id) {
                 Ok(body) => {
-                    if let Body::Accept(_) = body
-                        && let Some(s) = server.stream(&offer.transfer_id)
-                    {
-                        s.attach(otx);
+                    if let Body::Accept(_) = body {
+                        // A stream, or a transfer that already landed.
                         joined.insert(offer.transfer_id);
-                        current = Some(s);
+                        if let Some(s) = server.stream(&offer.transfer_id) {
+                            s.attach(otx);
+                            current = Some(s);
+                        }
                     }
                     let _ = otx.send(wire::encode(body)).await;
                 }
@@ -603,6 +661,13 @@ async fn file_loop(
                     joined.insert(reload.transfer_id);
                     let _ = otx.send(wire::encode(Body::Accept(s.accept()))).await;
                     current = Some(s);
+                }
+                Ok(None)
+                    if let Ok(Some(body)) =
+                        server.finished_accept(&reload.transfer_id, peer_id) =>
+                {
+                    joined.insert(reload.transfer_id);
+                    let _ = otx.send(wire::encode(body)).await;
                 }
                 Ok(None) => {
                     refuse_with(
@@ -699,12 +764,20 @@ async fn file_loop(
                 }
             }
             Body::Complete(c) => {
-                let Some(s) = server
-                    .load(&c.transfer_id)
-                    .ok()
-                    .flatten()
-                    .filter(|_| joined.contains(&c.transfer_id))
-                else {
+                let verdict_of_landed = || {
+                    joined
+                        .contains(&c.transfer_id)
+                        .then(|| server.finished_verdict(&c, peer_id))
+                        .flatten()
+                };
+                let loaded = server.load(&c.transfer_id).ok().flatten();
+                if loaded.is_none()
+                    && let Some(v) = verdict_of_landed()
+                {
+                    let _ = otx.send(wire::encode(Body::Verdict(v))).await;
+                    continue;
+                }
+                let Some(s) = loaded.filter(|_| joined.contains(&c.transfer_id)) else {
                     refuse_with(
                         server,
                         otx,

@@ -9,4 +9,4 @@ mod store;
 
 pub use error::StoreError;
 pub use model::{Direction, LinkStat, PausedFrame, PeerRecord, TransferRecord, TransferState};
-pub use store::Store;
+pub use store::{Finished, Store};

@@ -18,7 +18,13 @@ const MIGRATIONS: &[M<'static>] = &[
     M::up(include_str!("../../../migrations/0001_init.sql")),
     M::up(include_str!("../../../migrations/0002_discovery.sql")),
     M::up(include_str!("../../../migrations/0003_trees.sql")),
+    M::up(include_str!("../../../migrations/0004_finished.sql")),
 ];
+
+/// Finished receptions are remembered this long (and at most [`FINISHED_KEEP`]).
+const FINISHED_KEEP_MS: i64 = 30 * 24 * 3600 * 1000;
+/// Most finished receptions remembered.
+const FINISHED_KEEP: i64 = 10_000;
 
 /// How long a statement waits for another connection's lock.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -26,6 +32,21 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Columns of `transfers`, in the order [`RawTransfer::from_row`] reads them.
 const TRANSFER_COLUMNS: &str = "id, direction, peer, path, name, size, mtime_ns, mode, \
      chunk_size, file_hash, state, durable, created_at_ms, updated_at_ms, tree";
+
+/// A received transfer that finished (see [`Store::finish_received`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// The sender's node id.
+    pub peer: String,
+    /// Bytes.
+    pub size: u64,
+    /// Chunk size of the transfer.
+    pub chunk_size: u32,
+    /// BLAKE3 of what landed.
+    pub file_hash: Hash,
+    /// Where it landed.
+    pub path: String,
+}
 
 /// The node's database: transfers and their durable chunk sets, chunk hashes,
 /// saved frames, peers and link statistics.
@@ -344,6 +365,79 @@ impl Store {
         .execute([&id[..]])?;
         tx.commit()?;
         Ok(())
+    }
+
+    /// A received transfer has landed at `path` with `file_hash`: its record
+    /// goes and a `finished` row takes its place, in one transaction, so a
+    /// sender rerunning the same transfer id learns it is done instead of
+    /// sending it again.
+    pub fn finish_received(
+        &self,
+        id: &TransferId,
+        path: &str,
+        file_hash: &Hash,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let tx = self.write_tx()?;
+        tx.prepare_cached(
+            "INSERT OR REPLACE INTO finished
+               (transfer_id, peer, name, path, size, chunk_size, file_hash, finished_at_ms)
+             SELECT id, peer, name, ?2, size, chunk_size, ?3, ?4
+               FROM transfers WHERE id = ?1 AND direction = 'recv'",
+        )?
+        .execute(params![&id[..], path, &file_hash[..], now_ms])?;
+        tx.prepare_cached(
+            "DELETE FROM chunk_hashes WHERE transfer_id = ?1 AND direction = 'recv'",
+        )?
+        .execute([&id[..]])?;
+        tx.prepare_cached("DELETE FROM transfers WHERE id = ?1 AND direction = 'recv'")?
+            .execute([&id[..]])?;
+        tx.prepare_cached(
+            "DELETE FROM paused_frames WHERE transfer_id = ?1
+             AND NOT EXISTS (SELECT 1 FROM transfers WHERE id = ?1)",
+        )?
+        .execute([&id[..]])?;
+        tx.prepare_cached("DELETE FROM finished WHERE finished_at_ms < ?1")?
+            .execute([now_ms - FINISHED_KEEP_MS])?;
+        tx.prepare_cached(
+            "DELETE FROM finished WHERE transfer_id NOT IN
+               (SELECT transfer_id FROM finished ORDER BY finished_at_ms DESC LIMIT ?1)",
+        )?
+        .execute([FINISHED_KEEP])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// A received transfer that finished: (peer, size, chunk size, file hash, path).
+    pub fn finished_received(&self, id: &TransferId) -> Result<Option<Finished>, StoreError> {
+        let row = self
+            .conn
+            .prepare_cached(
+                "SELECT peer, size, chunk_size, file_hash, path FROM finished WHERE transfer_id = ?1",
+            )?
+            .query_row([&id[..]], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, Vec<u8>>(3)?,
+                    r.get::<_, String>(4)?,
+                ))
+            })
+            .optional()?;
+        let Some((peer, size, chunk_size, hash, path)) = row else {
+            return Ok(None);
+        };
+        let file_hash: Hash = hash
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("finished.file_hash is not 32 bytes".into()))?;
+        Ok(Some(Finished {
+            peer,
+            size: size as u64,
+            chunk_size: chunk_size as u32,
+            file_hash,
+            path,
+        }))
     }
 
     /// Every stored transfer, oldest first.

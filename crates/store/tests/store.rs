@@ -83,7 +83,7 @@ fn migrations_apply_to_a_fresh_file() {
     let (_dir, path) = temp_db();
     let store = Store::open(&path).unwrap();
     assert_eq!(store.path(), Some(path.as_path()));
-    assert_eq!(user_version(&path), 3);
+    assert_eq!(user_version(&path), 4);
     let tables: Vec<String> = raw(&path)
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
         .unwrap()
@@ -93,6 +93,7 @@ fn migrations_apply_to_a_fresh_file() {
         .unwrap();
     for t in [
         "chunk_hashes",
+        "finished",
         "link_stats",
         "meta",
         "paused_frames",
@@ -113,7 +114,7 @@ fn migrations_are_idempotent_on_reopen() {
     drop(Store::open(&path).unwrap());
     drop(Store::open(&path).unwrap());
     let store = Store::open(&path).unwrap();
-    assert_eq!(user_version(&path), 3);
+    assert_eq!(user_version(&path), 4);
     store.insert_transfer(&record(ID, Direction::Send)).unwrap();
 }
 
@@ -485,6 +486,33 @@ fn delete_transfer_removes_hashes_and_paused_frames() {
 }
 
 #[test]
+fn a_finished_reception_replaces_its_record_and_is_remembered_then_pruned() {
+    let store = Store::open_in_memory().unwrap();
+    store.insert_transfer(&record(ID, Direction::Recv)).unwrap();
+    store
+        .commit_durable(&ID, Direction::Recv, &ranges(&[(0, 1)]), &[(0, hash(0))])
+        .unwrap();
+    let day_ms = 24 * 3600 * 1000;
+    store
+        .finish_received(&ID, "/in/file.bin", &hash(7), 40 * day_ms)
+        .unwrap();
+    assert_eq!(store.get_transfer(&ID, Direction::Recv).unwrap(), None);
+    assert!(store.chunk_hashes(&ID).unwrap().is_empty());
+    let f = store.finished_received(&ID).unwrap().expect("remembered");
+    assert_eq!((f.file_hash, f.path.as_str()), (hash(7), "/in/file.bin"));
+    assert_eq!(store.finished_received(&OTHER).unwrap(), None);
+    // 31 days later another one finishes: the first is forgotten.
+    store
+        .insert_transfer(&record(OTHER, Direction::Recv))
+        .unwrap();
+    store
+        .finish_received(&OTHER, "/in/other.bin", &hash(8), 71 * day_ms)
+        .unwrap();
+    assert_eq!(store.finished_received(&ID).unwrap(), None);
+    assert!(store.finished_received(&OTHER).unwrap().is_some());
+}
+
+#[test]
 fn delete_transfer_keeps_paused_frames_while_the_other_side_remains() {
     let store = Store::open_in_memory().unwrap();
     store.insert_transfer(&record(ID, Direction::Send)).unwrap();
@@ -710,7 +738,7 @@ fn a_version_1_database_is_upgraded_keeping_its_peers() {
         .unwrap();
     }
     let store = Store::open(&path).unwrap();
-    assert_eq!(user_version(&path), 3);
+    assert_eq!(user_version(&path), 4);
     let p = store.peer("old-peer").unwrap().unwrap();
     assert_eq!(
         (p.name.as_str(), p.trust.as_str(), p.flag),
