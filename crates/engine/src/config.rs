@@ -4,8 +4,9 @@ use std::time::Duration;
 
 /// Tunables shared by the sender and receiver engines.
 ///
-/// Defaults keep a checkpoint at most ~16 MiB or ~1 s apart, so a crash loses
-/// at most that much work.
+/// Defaults start a checkpoint every 8 MiB or 1 s, and the receiver never
+/// holds more than 16 MiB written but not yet durable, so a crash costs at
+/// most 16 MiB of re-sent data.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Size of one chunk (the unit of scheduling, acking and resume).
@@ -32,7 +33,9 @@ pub struct Config {
     pub link_silence_timeout: Duration,
     /// How often a failed link is tried again (IHS ERROR).
     pub retry_interval: Duration,
-    /// The receiver makes data durable after this many new bytes...
+    /// Most bytes the receiver holds written but not yet durable (what a
+    /// crash may cost); it starts a checkpoint at half of it, and holds
+    /// writes at all of it until the running checkpoint is durable...
     pub checkpoint_bytes: u64,
     /// ...or after this much time with unsynced data, whichever comes first.
     pub checkpoint_interval: Duration,

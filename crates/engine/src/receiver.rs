@@ -201,11 +201,27 @@ impl Receiver {
         Some(self.take_job(now))
     }
 
-    /// Whether [`Receiver::poll_checkpoint`] would return a job now.
+    /// Bytes written here and not yet durable (written or being synced):
+    /// what a crash now would make the sender send again. The glue holds
+    /// writes while this is at `checkpoint_bytes` (see
+    /// [`Receiver::over_budget`]), so a crash never costs more.
+    pub fn unsynced_bytes(&self) -> u64 {
+        (self.written.count() + self.syncing.count()) * u64::from(self.geo.chunk_size)
+    }
+
+    /// Unsynced data reached `checkpoint_bytes`: write nothing more until
+    /// the running checkpoint is durable.
+    pub fn over_budget(&self) -> bool {
+        self.unsynced_bytes() >= self.cfg.checkpoint_bytes
+    }
+
+    /// Whether [`Receiver::poll_checkpoint`] would return a job now: half of
+    /// `checkpoint_bytes` written (so the sync runs while the other half
+    /// arrives) or `checkpoint_interval` passed with unsynced data.
     pub fn checkpoint_due(&self, now: Instant) -> bool {
         !self.written.is_empty()
             && self.syncing.is_empty()
-            && (self.bytes_since_checkpoint >= self.cfg.checkpoint_bytes
+            && (self.bytes_since_checkpoint >= self.cfg.checkpoint_bytes / 2
                 || now.saturating_duration_since(self.last_checkpoint)
                     >= self.cfg.checkpoint_interval)
     }
@@ -323,6 +339,48 @@ mod tests {
     }
 
     const H: Hash = [5; 32];
+
+    #[test]
+    fn a_checkpoint_starts_at_half_the_budget_and_writes_stop_at_all_of_it() {
+        // 10 chunks of 100 bytes, a crash budget of 400 bytes.
+        let t0 = Instant::now();
+        let mut r = Receiver::new(
+            RecvMeta {
+                transfer_id: [1; 16],
+                size: 1000,
+                chunk_size: 100,
+            },
+            RangeSet::new(),
+            Config {
+                checkpoint_bytes: 400,
+                ..Config::default()
+            },
+            t0,
+        );
+        let mut write = |r: &mut Receiver, i: u64| {
+            let DataAction::Write(c) = r.handle_data(i * 100, 100, Some(&H), &H).unwrap() else {
+                panic!("chunk {i} should be written");
+            };
+            r.on_written(c, H);
+        };
+        write(&mut r, 0);
+        assert!(!r.checkpoint_due(t0));
+        write(&mut r, 1);
+        assert!(r.checkpoint_due(t0), "due at half the budget");
+        let job = r.poll_checkpoint(t0).expect("a job");
+        // The sync is slow: two more chunks arrive meanwhile, then the budget is spent.
+        write(&mut r, 2);
+        assert!(!r.over_budget());
+        write(&mut r, 3);
+        assert_eq!(r.unsynced_bytes(), 400);
+        assert!(
+            r.over_budget(),
+            "nothing more may be written until the sync is done"
+        );
+        r.on_durable(&job);
+        assert_eq!(r.unsynced_bytes(), 200);
+        assert!(!r.over_budget());
+    }
 
     #[test]
     fn data_past_the_end_is_refused() {

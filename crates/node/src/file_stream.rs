@@ -397,6 +397,12 @@ impl FileStream {
         }
     }
 
+    /// Written-but-not-durable data is at the crash budget
+    /// (`checkpoint_bytes`): the caller checkpoints before writing more.
+    pub(crate) fn over_budget(&self) -> bool {
+        self.engine().over_budget()
+    }
+
     /// Whether a checkpoint is due now.
     pub(crate) fn checkpoint_due(&self) -> bool {
         self.engine().checkpoint_due(Instant::now())

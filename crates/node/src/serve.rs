@@ -724,6 +724,14 @@ async fn file_loop(
                         }
                     },
                 };
+                // A crash must never cost more than checkpoint_bytes: at the
+                // budget, this link waits for the running checkpoint (and
+                // makes the rest durable) before it writes more.
+                if s.over_budget()
+                    && let Err(e) = s.checkpoint(true).await
+                {
+                    tracing::warn!(name = %s.name, "checkpoint failed: {e}");
+                }
                 match s.write(&data) {
                     Ok(ack) => {
                         let _ = otx.send(wire::encode(Body::Ack(ack))).await;
