@@ -357,7 +357,7 @@ mod tests {
             },
             t0,
         );
-        let mut write = |r: &mut Receiver, i: u64| {
+        let write = |r: &mut Receiver, i: u64| {
             let DataAction::Write(c) = r.handle_data(i * 100, 100, Some(&H), &H).unwrap() else {
                 panic!("chunk {i} should be written");
             };
