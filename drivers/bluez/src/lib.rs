@@ -152,6 +152,23 @@ fn l2cap_target(sel: &Selector) -> Result<l2cap::SocketAddr, SelectorError> {
     Ok(sa)
 }
 
+/// `?from=ADDR`: the local adapter to connect from (default: the kernel's
+/// route to the peer), for a machine with several adapters.
+fn from_param(sel: &Selector) -> Result<Option<Address>, SelectorError> {
+    match sel.param::<String>("from")? {
+        None => Ok(None),
+        Some(v) => v
+            .parse::<Address>()
+            .map(Some)
+            .map_err(|_| SelectorError::BadParamValue {
+                key: "from".into(),
+                value: v,
+                expected: "the address of a local adapter, AA:BB:CC:DD:EE:FF (see `gateway links`)"
+                    .into(),
+            }),
+    }
+}
+
 /// The connect budget and back-off from `?timeout=` (default 30 s).
 fn retry_config(sel: &Selector) -> Result<RetryConfig, SelectorError> {
     let mut cfg = RetryConfig::default();
@@ -286,7 +303,8 @@ fn any_local(sa: &l2cap::SocketAddr) -> l2cap::SocketAddr {
 /// The `rfcomm` driver.
 ///
 /// - `open rfcomm:ADDR[/CH]`: connect to channel CH (default 24) of the
-///   adapter with BD address ADDR; `?timeout=30s` bounds the retries.
+///   adapter with BD address ADDR; `?timeout=30s` bounds the retries,
+///   `?from=LOCAL_ADDR` picks the local adapter.
 /// - `listen rfcomm:any[/CH]` (or a local adapter's address): accept on CH.
 ///   With bluetoothd, a BlueZ profile holds the channel and its SDP record
 ///   (service class [`RFCOMM_SERVICE_UUID`]); `?sdp=0`, or no bluetoothd, or
@@ -298,7 +316,8 @@ pub struct RfcommDriver;
 ///
 /// - `open l2cap:ADDR[/PSM]`: BR/EDR SeqPacket to PSM (default 0x1047);
 ///   `l2cap:ADDR[/PSM]?le=public|random`: an LE credit-based channel (default
-///   PSM 0x87). `?timeout=30s` bounds the retries.
+///   PSM 0x87). `?timeout=30s` bounds the retries, `?from=LOCAL_ADDR` picks
+///   the local adapter.
 /// - `listen l2cap:any[/PSM]` (add `?le=public` for LE): accept there.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct L2capDriver;
@@ -331,7 +350,13 @@ impl LinkDriver for RfcommDriver {
         let span = tracing::debug_span!("rfcomm_open", %addr, ch);
         let _e = span.enter();
         let sa = rfcomm::SocketAddr::new(addr, ch);
-        let r = connect_with_retry(cfg, |_| rfcomm::Stream::connect(sa)).await;
+        let from = from_param(sel)?;
+        let r = connect_with_retry(cfg, |_| async move {
+            let s = rfcomm::Socket::new()?;
+            s.bind(rfcomm::SocketAddr::new(from.unwrap_or(Address::any()), 0))?;
+            s.connect(sa).await
+        })
+        .await;
         match r {
             Ok((s, tries)) => {
                 tracing::debug!(tries, "RFCOMM connected");
@@ -508,10 +533,15 @@ impl LinkDriver for L2capDriver {
         let what = format!("L2CAP to {} PSM {:#x}", sa.addr, sa.psm);
         let span = tracing::debug_span!("l2cap_open", addr = %sa.addr, psm = sa.psm);
         let _e = span.enter();
+        let from = from_param(sel)?;
         let attempt = |_| async move {
             let s = l2cap::Socket::<l2cap::SeqPacket>::new_seq_packet()?;
             s.set_recv_mtu(L2CAP_RECV_MTU)?;
-            s.bind(any_local(&sa))?;
+            let mut local = any_local(&sa);
+            if let Some(a) = from {
+                local.addr = a;
+            }
+            s.bind(local)?;
             s.connect(sa).await
         };
         match connect_with_retry(cfg, attempt).await {
