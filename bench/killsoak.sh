@@ -20,7 +20,7 @@ set -euo pipefail
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target/crash-points}
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   log "cargo build --release --features crash-points (target dir $CARGO_TARGET_DIR)"
-  (cd "$ROOT" && cargo build --release --quiet -p gateway --features crash-points) || die "build failed"
+  (cd "$ROOT" && cargo build --locked --release --quiet -p gateway --features crash-points) || die "build failed"
 fi
 GW=$CARGO_TARGET_DIR/release/gateway
 [ -x "$GW" ] || die "no binary at $GW"
