@@ -272,7 +272,10 @@ impl ServiceTask {
                         tracing::debug!("write socket closed by bluetoothd");
                         self.reader = None;
                     }
-                    Ok(p) => self.packet(Bytes::from(p)).await,
+                    Ok(p) => {
+                        tracing::trace!(len = p.len(), head = ?&p[..p.len().min(3)], "write socket packet");
+                        self.packet(Bytes::from(p)).await
+                    }
                     Err(e) => {
                         tracing::debug!(error = %e, "write socket failed");
                         self.reader = None;

@@ -40,6 +40,13 @@ pub const MIN_PACKET: usize = 20;
 /// The largest: an ATT value is at most 512 bytes (and bluetoothd reads
 /// notifications from the socket 512 bytes at a time).
 pub const MAX_PACKET: usize = 512;
+/// The largest packet a central writes: bluetoothd before 5.69 checks the
+/// length of a write's whole body (2 bytes of handle + value) against the
+/// 512-byte value limit, so it drops writes of 511 and 512 bytes without a
+/// word (write commands have no answer). Fixed upstream by "shared/gatt-server:
+/// Fix not allowing valid attribute writes" (8bf3a4a26, BlueZ 5.69).
+/// Notifications are not affected.
+pub const MAX_WRITE_PACKET: usize = MAX_PACKET - 2;
 
 const FIRST: u8 = 0x01;
 const MORE: u8 = 0x02;
