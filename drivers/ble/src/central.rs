@@ -57,8 +57,9 @@ const HANDSHAKE: Duration = Duration::from_secs(10);
 const ORPHANS: usize = 128;
 
 /// Connections to peripherals, shared by this process's links to each.
-static CONNS: LazyLock<tokio::sync::Mutex<HashMap<(String, Address), Weak<Conn>>>> =
-    LazyLock::new(Default::default);
+static CONNS: LazyLock<tokio::sync::Mutex<ConnMap>> = LazyLock::new(Default::default);
+/// (local adapter name, peer) -> its connection.
+type ConnMap = HashMap<(String, Address), Weak<Conn>>;
 
 /// Disconnects still under way: a new connection to that peer waits for
 /// its disconnect, which would otherwise cut the new one.
@@ -102,6 +103,7 @@ pub(crate) async fn open(
             version: VERSION,
             nonce,
             window: cfg.window_packets,
+            packet: conn.receive_packet as u16,
         },
     );
     if let Err(e) = conn.writer.send(&hello).await {
@@ -161,10 +163,15 @@ pub(crate) async fn open(
     // Packets are cut by their sender, so ours may be smaller than what the
     // peripheral sends: bounded by our socket's MTU, and by what
     // bluetoothd < 5.69 accepts as a write (wire::MAX_WRITE_PACKET).
-    let send_packet = packet
-        .min(conn.writer.mtu())
-        .min(wire::MAX_WRITE_PACKET)
-        .max(wire::MIN_PACKET);
+    let send_packet = packet.min(conn.writer.mtu()).min(wire::MAX_WRITE_PACKET);
+    if send_packet < wire::MIN_PACKET {
+        conn.state().routes.remove(&channel);
+        return Err(OpenError::Unsupported(format!(
+            "the ATT MTU to {} leaves {send_packet}-byte writes, under the {} the gateway format needs; an adapter of Bluetooth 4.2 or later negotiates more",
+            p.addr,
+            wire::MIN_PACKET
+        )));
+    }
     tracing::info!(peer = %p.addr, adapter = %name, channel, packet, send_packet, "ble connected");
     let sink = WriteSink {
         conn: conn.clone(),
@@ -283,6 +290,8 @@ struct Conn {
     device: Device,
     addr: Address,
     writer: CharacteristicWriter,
+    /// The largest notification value this central's ATT MTU lets through.
+    receive_packet: usize,
     state: Mutex<ConnState>,
     reader_task: tokio::task::JoinHandle<()>,
 }
@@ -328,10 +337,16 @@ impl Conn {
             notify_mtu = reader.mtu(),
             "ble sockets acquired"
         );
+        // A notification value is at most the ATT MTU less its 3-byte header.
+        let receive_packet = reader
+            .mtu()
+            .saturating_sub(3)
+            .clamp(wire::MIN_PACKET, wire::MAX_PACKET);
         Ok(Arc::new_cyclic(|weak: &Weak<Conn>| Conn {
             device,
             addr: p.addr,
             writer,
+            receive_packet,
             state: Mutex::new(ConnState::default()),
             reader_task: tokio::spawn(read_notifications(reader, weak.clone())),
         }))
