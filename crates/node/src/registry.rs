@@ -6,8 +6,7 @@ use gateway_link::Registry;
 
 /// Transports not in this build, and why, for `gateway links`.
 #[cfg(feature = "bluetooth")]
-pub const NOT_BUILT: &[(&str, &str)] =
-    &[("ble", "Bluetooth Low Energy — driver not in this build yet")];
+pub const NOT_BUILT: &[(&str, &str)] = &[];
 /// Transports not in this build, and why, for `gateway links`.
 #[cfg(not(feature = "bluetooth"))]
 pub const NOT_BUILT: &[(&str, &str)] = &[
@@ -35,6 +34,7 @@ pub fn default_registry() -> Registry {
     {
         reg.register(Arc::new(gateway_bluez::RfcommDriver));
         reg.register(Arc::new(gateway_bluez::L2capDriver));
+        reg.register(Arc::new(gateway_ble::BleDriver::new()));
     }
     reg
 }

@@ -1,33 +1,41 @@
-//! The BLE central (btleplug): find the peripheral, connect with retries,
-//! find the gateway service, say HELLO, and run the GATT link over
-//! write-without-response (out) and notifications (in).
+//! The BLE central (bluer, BlueZ's D-Bus API): find the peripheral with an
+//! LE-only scan, connect with retries, wait until BlueZ resolved its
+//! services, take the write and notify characteristics as sockets
+//! (`AcquireWrite`, `AcquireNotify`), say HELLO, and run the GATT link over
+//! them.
+//!
+//! Why not btleplug: it scans with BlueZ's "auto" transport, so a dual-mode
+//! peripheral is also found by BR/EDR inquiry and `Device1.Connect` then
+//! picks BR/EDR (BlueZ prefers it on a tie), where the gateway service is
+//! not; and it writes each packet with its own D-Bus call.
+//!
+//! Several links of this process to one peripheral share its connection and
+//! its two sockets (BlueZ lets one client acquire each once); a task reads
+//! the notify socket and hands each packet to the link of its channel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use btleplug::api::{
-    BDAddr, Central, CentralEvent, Characteristic, Manager as _, Peripheral as _, ScanFilter,
-    WriteType,
-};
-use btleplug::platform::{Adapter, Manager, Peripheral};
+use bluer::gatt::remote::Characteristic;
+use bluer::gatt::{CharacteristicReader, CharacteristicWriter};
+use bluer::{Adapter, Address, Device, DiscoveryFilter, DiscoveryTransport, Session, Uuid};
 use bytes::Bytes;
-use futures::stream::FuturesOrdered;
-use futures::{FutureExt, StreamExt};
 use gateway_bluez::gatt::wire::{self, Packet, Refusal, VERSION};
 use gateway_bluez::gatt::{
     GattConfig, NOTIFY_CHARACTERISTIC_UUID, PacketSink, SERVICE_UUID, WRITE_CHARACTERISTIC_UUID,
-    Wiring, incoming_queue, spawn_link,
+    Wiring, incoming_queue, open_error, spawn_link,
 };
 use gateway_link::{Link, LinkInfo, LinkKind, OpenError};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep, timeout_at};
 
 /// How an open goes: the numbers of the central side.
 #[derive(Clone, Debug)]
 pub(crate) struct OpenParams {
-    pub(crate) addr: BDAddr,
+    pub(crate) addr: Address,
     /// Local adapter name (hci0); `None` picks one that is not `addr` itself.
     pub(crate) adapter: Option<String>,
     /// Whole open: scan, connect (with retries), handshake.
@@ -39,130 +47,112 @@ pub(crate) struct OpenParams {
 /// a connect right after discovery fails about half the time.
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-/// One connect attempt may take this long.
+/// One connect attempt (connect + service resolution) may take this long.
 const CONNECT_ATTEMPT: Duration = Duration::from_secs(10);
 /// HELLO to WELCOME.
 const HANDSHAKE: Duration = Duration::from_secs(10);
-/// Writes (D-Bus WriteValue calls) in flight at once. bluetoothd serves a
-/// connection's calls in order and queues write commands in order, so
-/// pipelining keeps the order and hides the D-Bus round trip.
-const WRITES_IN_FLIGHT: usize = 8;
+/// Packets of channels no link here knows yet, kept for a link whose first
+/// packets overtake its WELCOME (Enhanced ATT spreads notifications over
+/// several bearers). Other centrals' channels pass by too: a ring.
+const ORPHANS: usize = 128;
 
-/// Links per peripheral in this process: the last one to end disconnects.
-static USERS: LazyLock<Mutex<HashMap<BDAddr, Arc<tokio::sync::Mutex<usize>>>>> =
+/// Connections to peripherals, shared by this process's links to each.
+static CONNS: LazyLock<tokio::sync::Mutex<ConnMap>> = LazyLock::new(Default::default);
+/// (local adapter name, peer) -> its connection.
+type ConnMap = HashMap<(String, Address), Weak<Conn>>;
+
+/// Disconnects still under way: a new connection to that peer waits for
+/// its disconnect, which would otherwise cut the new one.
+static DISCONNECTS: LazyLock<Mutex<HashMap<Address, tokio::task::JoinHandle<()>>>> =
     LazyLock::new(Default::default);
 
-fn users(addr: BDAddr) -> Arc<tokio::sync::Mutex<usize>> {
-    USERS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(addr)
-        .or_default()
-        .clone()
-}
-
-fn bt_err(what: &str, e: btleplug::Error) -> OpenError {
-    match e {
-        btleplug::Error::PermissionDenied => OpenError::PermissionDenied {
-            what: what.to_string(),
-            fix: "BlueZ refused; run as root or a user in group bluetooth".into(),
-        },
-        btleplug::Error::DeviceNotFound => OpenError::NotFound(format!("{what}: device not found")),
-        btleplug::Error::TimedOut(d) => {
-            OpenError::Timeout(format!("{what}: no answer within {d:?}"))
-        }
-        other => OpenError::Io(io::Error::other(format!("{what}: {other}"))),
-    }
-}
-
 pub(crate) async fn open(
-    manager: &Manager,
+    session: &Session,
     cfg: &GattConfig,
     p: &OpenParams,
 ) -> Result<Box<dyn Link>, OpenError> {
     let deadline = Instant::now() + p.timeout;
-    let (adapter, adapter_name) = pick_adapter(manager, p).await?;
-    let peripheral = find(&adapter, p, deadline).await?;
-    let users = users(p.addr);
-    let mut count = users.lock().await;
-    let (write_c, notify_c) = connect(&adapter, &peripheral, p, deadline).await?;
-    let _ = adapter.stop_scan().await;
-    let mut notes = peripheral
-        .notifications()
-        .await
-        .map_err(|e| bt_err("listening for notifications", e))?;
+    let adapter = pick_adapter(session, p).await?;
+    let name = adapter.name().to_string();
+    let conn = {
+        // Held across the connect, so two opens to one peer share it.
+        let mut conns = CONNS.lock().await;
+        match conns.get(&(name.clone(), p.addr)).and_then(Weak::upgrade) {
+            Some(c) if !c.is_dead() => c,
+            _ => {
+                let pending = DISCONNECTS
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&p.addr);
+                if let Some(d) = pending {
+                    let _ = d.await;
+                }
+                let c = Conn::connect(&adapter, p, deadline).await?;
+                conns.insert((name.clone(), p.addr), Arc::downgrade(&c));
+                c
+            }
+        }
+    };
     let nonce: u64 = rand::random();
+    let (q_tx, q_rx) = incoming_queue(cfg);
+    let (welcome_tx, welcome_rx) = oneshot::channel();
+    conn.state().waiting.insert(nonce, (q_tx, welcome_tx));
     let hello = wire::encode(
         wire::HANDSHAKE,
         &Packet::Hello {
             version: VERSION,
             nonce,
             window: cfg.window_packets,
+            packet: conn.receive_packet as u16,
         },
     );
-    peripheral
-        .write(&write_c, &hello, WriteType::WithoutResponse)
-        .await
-        .map_err(|e| bt_err(&format!("saying hello to {}", p.addr), e))?;
+    if let Err(e) = conn.writer.send(&hello).await {
+        conn.state().waiting.remove(&nonce);
+        return Err(OpenError::Io(io::Error::new(
+            e.kind(),
+            format!("saying hello to {}: {e}", p.addr),
+        )));
+    }
     let hs_deadline = deadline
         .min(Instant::now() + HANDSHAKE)
         .max(Instant::now() + Duration::from_secs(2));
-    // The link's first packets may overtake the WELCOME (Enhanced ATT
-    // spreads notifications over several bearers): keep them for the link.
-    let mut early = Vec::new();
-    let (channel, packet, peer_window) = loop {
-        let n = match timeout_at(hs_deadline, notes.next()).await {
-            Err(_) => {
-                return Err(OpenError::Timeout(format!(
-                    "{} has the gateway GATT service but did not answer the hello within {HANDSHAKE:?}; is `gateway serve` still running there?",
+    let answer = timeout_at(hs_deadline, welcome_rx).await;
+    conn.state().waiting.remove(&nonce);
+    let (channel, packet, peer_window) = match answer {
+        Err(_) => {
+            return Err(OpenError::Timeout(format!(
+                "{} has the gateway GATT service but did not answer the hello within {HANDSHAKE:?}; is `gateway serve` still running there?",
+                p.addr
+            )));
+        }
+        Ok(Err(_)) => {
+            return Err(OpenError::Io(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                format!("{} disconnected during the hello", p.addr),
+            )));
+        }
+        Ok(Ok(Packet::Welcome {
+            channel,
+            packet,
+            window,
+            ..
+        })) => (channel, usize::from(packet), window),
+        Ok(Ok(Packet::Refuse { reason, .. })) => {
+            return Err(match reason {
+                Refusal::Busy => OpenError::Busy(format!(
+                    "{} has all 255 BLE channels in use; close other links to it",
                     p.addr
-                )));
-            }
-            Ok(None) => {
-                return Err(OpenError::Io(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    format!("{} disconnected during the hello", p.addr),
-                )));
-            }
-            Ok(Some(n)) => n,
-        };
-        if n.uuid != notify_c.uuid {
-            continue;
+                )),
+                Refusal::Version => OpenError::Unsupported(format!(
+                    "{} speaks another version of the gateway BLE format; update gateway on one side",
+                    p.addr
+                )),
+            });
         }
-        let raw = Bytes::from(n.value);
-        match wire::decode(&raw) {
-            Some((
-                wire::HANDSHAKE,
-                Packet::Welcome {
-                    nonce: got,
-                    channel,
-                    packet,
-                    window,
-                    ..
-                },
-            )) if got == nonce => break (channel, usize::from(packet), window),
-            Some((
-                wire::HANDSHAKE,
-                Packet::Refuse {
-                    nonce: got, reason, ..
-                },
-            )) if got == nonce => {
-                return Err(match reason {
-                    Refusal::Busy => OpenError::Busy(format!(
-                        "{} has all 255 BLE channels in use; close other links to it",
-                        p.addr
-                    )),
-                    Refusal::Version => OpenError::Unsupported(format!(
-                        "{} speaks another version of the gateway BLE format; update gateway on one side",
-                        p.addr
-                    )),
-                });
-            }
-            Some((c, _)) if c != wire::HANDSHAKE => early.push(raw),
-            _ => continue,
-        }
+        Ok(Ok(other)) => unreachable!("only WELCOME and REFUSE are answers: {other:?}"),
     };
     if !(wire::MIN_PACKET..=wire::MAX_PACKET).contains(&packet) {
+        conn.state().routes.remove(&channel);
         return Err(OpenError::Unsupported(format!(
             "{} offered {packet}-byte packets, outside {}..={}",
             p.addr,
@@ -170,69 +160,42 @@ pub(crate) async fn open(
             wire::MAX_PACKET
         )));
     }
-    *count += 1;
-    drop(count);
-    tracing::info!(peer = %p.addr, adapter = %adapter_name, channel, packet, "ble connected");
-    let (q_tx, q_rx) = incoming_queue(cfg);
-    for raw in early.into_iter().filter(|r| r.first() == Some(&channel)) {
-        let _ = q_tx.try_send(raw);
+    // Packets are cut by their sender, so ours may be smaller than what the
+    // peripheral sends: bounded by our socket's MTU, and by what
+    // bluetoothd < 5.69 accepts as a write (wire::MAX_WRITE_PACKET).
+    let send_packet = packet.min(conn.writer.mtu()).min(wire::MAX_WRITE_PACKET);
+    if send_packet < wire::MIN_PACKET {
+        conn.state().routes.remove(&channel);
+        return Err(OpenError::Unsupported(format!(
+            "the ATT MTU to {} leaves {send_packet}-byte writes, under the {} the gateway format needs; an adapter of Bluetooth 4.2 or later negotiates more",
+            p.addr,
+            wire::MIN_PACKET
+        )));
     }
-    let notify_uuid = notify_c.uuid;
-    let mut events = adapter.events().await.ok();
-    let id = peripheral.id();
-    let pump = tokio::spawn(async move {
-        loop {
-            let ev = async {
-                match &mut events {
-                    Some(e) => e.next().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                n = notes.next() => {
-                    let Some(n) = n else { break };
-                    if n.uuid != notify_uuid || n.value.first() != Some(&channel) {
-                        continue;
-                    }
-                    if q_tx.try_send(Bytes::from(n.value)).is_err() {
-                        if q_tx.is_closed() {
-                            break;
-                        }
-                        tracing::warn!(channel, "peripheral overran its window; packet dropped");
-                    }
-                }
-                ev = ev => match ev {
-                    Some(CentralEvent::DeviceDisconnected(d)) if d == id => {
-                        tracing::debug!("ble peripheral disconnected");
-                        break;
-                    }
-                    None => events = None,
-                    _ => {}
-                },
-            }
-        }
-        // Dropping q_tx ends the link's receiver with "connection went away".
-    });
+    tracing::info!(peer = %p.addr, adapter = %name, channel, packet, send_packet, "ble connected");
     let sink = WriteSink {
-        peripheral: peripheral.clone(),
-        characteristic: write_c,
-        notify: notify_c,
-        addr: p.addr,
-        in_flight: FuturesOrdered::new(),
-        pump: Some(pump),
+        conn: conn.clone(),
+        channel,
     };
     Ok(spawn_link(
         cfg,
         Wiring {
             channel,
-            packet,
+            packet: send_packet,
             peer_window,
         },
         sink,
         q_rx,
         LinkInfo {
             selector: p.selector.clone(),
-            local: adapter_name,
+            local: format!(
+                "{name} {}",
+                adapter
+                    .address()
+                    .await
+                    .map(|a| a.to_string())
+                    .unwrap_or_default()
+            ),
             peer: format!("ble:{}", p.addr),
         },
         LinkKind::Ble,
@@ -241,17 +204,11 @@ pub(crate) async fn open(
 
 /// The local adapter: the named one, or the first that is not the peer itself
 /// (a test box with two controllers talks from one to the other).
-async fn pick_adapter(manager: &Manager, p: &OpenParams) -> Result<(Adapter, String), OpenError> {
-    let adapters = manager
-        .adapters()
+async fn pick_adapter(session: &Session, p: &OpenParams) -> Result<Adapter, OpenError> {
+    let names = session
+        .adapter_names()
         .await
-        .map_err(|e| bt_err("listing Bluetooth adapters", e))?;
-    let mut names = Vec::new();
-    for a in adapters {
-        let info = a.adapter_info().await.unwrap_or_default();
-        let name = info.split_whitespace().next().unwrap_or("").to_string();
-        names.push((a, name));
-    }
+        .map_err(|e| open_error(&e, "listing Bluetooth adapters"))?;
     if names.is_empty() {
         return Err(OpenError::NotFound(
             "this machine has no Bluetooth adapter; plug one in, or check `rfkill list` and dmesg"
@@ -259,49 +216,66 @@ async fn pick_adapter(manager: &Manager, p: &OpenParams) -> Result<(Adapter, Str
         ));
     }
     if let Some(want) = &p.adapter {
-        return names.into_iter().find(|(_, n)| n == want).ok_or_else(|| {
-            OpenError::NotFound(format!(
-                "no Bluetooth adapter {want}; `gateway links` lists the adapters"
-            ))
-        });
+        if !names.contains(want) {
+            return Err(OpenError::NotFound(format!(
+                "no Bluetooth adapter {want} (adapters: {}); `gateway links` lists them",
+                names.join(", ")
+            )));
+        }
+        return session
+            .adapter(want)
+            .map_err(|e| open_error(&e, &format!("opening adapter {want}")));
     }
-    // The peer's own adapter (same machine) cannot connect to itself.
-    let own = crate::probe::adapter_addresses().await.unwrap_or_default();
-    let target = p.addr.to_string().to_ascii_uppercase();
-    let skip: Vec<&String> = own
-        .iter()
-        .filter(|(_, a)| a.eq_ignore_ascii_case(&target))
-        .map(|(n, _)| n)
-        .collect();
-    names
-        .into_iter()
-        .find(|(_, n)| !skip.contains(&n))
-        .ok_or_else(|| {
-            OpenError::NotFound(format!(
-                "{target} is this machine's only Bluetooth adapter; a link needs another device (or a second adapter, chosen with ?adapter=hciN)"
-            ))
-        })
+    for n in &names {
+        let a = session
+            .adapter(n)
+            .map_err(|e| open_error(&e, &format!("opening adapter {n}")))?;
+        // The peer's own adapter (same machine) cannot connect to itself.
+        if a.address().await.is_ok_and(|x| x == p.addr) {
+            continue;
+        }
+        return Ok(a);
+    }
+    Err(OpenError::NotFound(format!(
+        "{} is this machine's only Bluetooth adapter; a link needs another device (or a second adapter, chosen with ?adapter=hciN)",
+        p.addr
+    )))
 }
 
-async fn find(
-    adapter: &Adapter,
-    p: &OpenParams,
-    deadline: Instant,
-) -> Result<Peripheral, OpenError> {
-    let filter = ScanFilter {
-        services: vec![bluer::Uuid::from_u128(SERVICE_UUID)],
+/// Scans (LE only, for the gateway service) until `addr` advertises.
+async fn find(adapter: &Adapter, p: &OpenParams, deadline: Instant) -> Result<Device, OpenError> {
+    let filter = DiscoveryFilter {
+        uuids: [Uuid::from_u128(SERVICE_UUID)].into_iter().collect(),
+        transport: DiscoveryTransport::Le,
+        ..Default::default()
     };
-    if let Err(e) = adapter.start_scan(filter).await {
-        tracing::debug!(error = %e, "start_scan failed; trying known devices only");
+    // Fails while another open of this process scans: that scan serves.
+    if let Err(e) = adapter.set_discovery_filter(filter).await {
+        tracing::debug!(error = %e, "setting the LE discovery filter failed");
     }
+    let scan = match adapter.discover_devices().await {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::debug!(error = %e, "scan failed; trying known devices only");
+            None
+        }
+    };
+    let started = Instant::now();
     loop {
-        if let Ok(ps) = adapter.peripherals().await
-            && let Some(found) = ps.into_iter().find(|x| x.address() == p.addr)
-        {
-            return Ok(found);
+        if let Ok(d) = adapter.device(p.addr) {
+            // Seen advertising in this scan (RSSI is set), or known from
+            // before and the scan could not start, or not seen for a while
+            // (BlueZ keeps connectable LE devices it saw before: try it).
+            let seen = d.rssi().await.ok().flatten().is_some();
+            if seen
+                || (scan.is_none() && d.address_type().await.is_ok())
+                || (started.elapsed() > Duration::from_secs(5) && d.address_type().await.is_ok())
+            {
+                drop(scan);
+                return Ok(d);
+            }
         }
         if Instant::now() >= deadline {
-            let _ = adapter.stop_scan().await;
             return Err(OpenError::NotFound(format!(
                 "no BLE device {} advertising the gateway service in range within {:?}; check that `gateway serve --listen ble:` runs there and that it is within range",
                 p.addr, p.timeout
@@ -311,9 +285,163 @@ async fn find(
     }
 }
 
+/// A connection to one peripheral and its two sockets.
+struct Conn {
+    device: Device,
+    addr: Address,
+    writer: CharacteristicWriter,
+    /// The largest notification value this central's ATT MTU lets through.
+    receive_packet: usize,
+    state: Mutex<ConnState>,
+    reader_task: tokio::task::JoinHandle<()>,
+}
+
+#[derive(Default)]
+struct ConnState {
+    /// HELLOs waiting for their answer: nonce -> (the link's queue, answer).
+    waiting: HashMap<u64, (mpsc::Sender<Bytes>, oneshot::Sender<Packet>)>,
+    /// The open links' queues by channel.
+    routes: HashMap<u8, mpsc::Sender<Bytes>>,
+    orphans: VecDeque<Bytes>,
+    dead: bool,
+}
+
+impl Conn {
+    fn state(&self) -> std::sync::MutexGuard<'_, ConnState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_dead(&self) -> bool {
+        self.state().dead
+    }
+
+    async fn connect(
+        adapter: &Adapter,
+        p: &OpenParams,
+        deadline: Instant,
+    ) -> Result<Arc<Conn>, OpenError> {
+        let device = find(adapter, p, deadline).await?;
+        let (write_c, notify_c) = connect(&device, p, deadline).await?;
+        let what = |x: &str| format!("{x} of {}'s gateway service", p.addr);
+        // Notifications first: the WELCOME comes that way.
+        let reader = notify_c
+            .notify_io()
+            .await
+            .map_err(|e| open_error(&e, &what("subscribing to the notify characteristic")))?;
+        let writer = write_c
+            .write_io()
+            .await
+            .map_err(|e| open_error(&e, &what("acquiring the write characteristic")))?;
+        tracing::debug!(
+            write_mtu = writer.mtu(),
+            notify_mtu = reader.mtu(),
+            "ble sockets acquired"
+        );
+        // A notification value is at most the ATT MTU less its 3-byte header.
+        let receive_packet = reader
+            .mtu()
+            .saturating_sub(3)
+            .clamp(wire::MIN_PACKET, wire::MAX_PACKET);
+        Ok(Arc::new_cyclic(|weak: &Weak<Conn>| Conn {
+            device,
+            addr: p.addr,
+            writer,
+            receive_packet,
+            state: Mutex::new(ConnState::default()),
+            reader_task: tokio::spawn(read_notifications(reader, weak.clone())),
+        }))
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.reader_task.abort();
+        // Gone already (the peer disconnected): a disconnect now could hit
+        // a newer connection to it.
+        if self.is_dead() {
+            return;
+        }
+        let device = self.device.clone();
+        let addr = self.addr;
+        // The sockets close with this; the BLE connection goes with a disconnect.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let task = rt.spawn(async move {
+                if let Err(e) = device.disconnect().await {
+                    tracing::debug!(error = %e, "ble disconnect failed");
+                }
+                tracing::debug!(peer = %addr, "ble disconnected");
+            });
+            DISCONNECTS
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(addr, task);
+        }
+    }
+}
+
+/// Hands each notification to the link of its channel, and handshake
+/// answers to the open waiting for them.
+async fn read_notifications(reader: CharacteristicReader, conn: Weak<Conn>) {
+    loop {
+        // The reader's buffer is this central's ATT MTU, which bounds every
+        // notification it gets.
+        let raw = match reader.recv().await {
+            Ok(v) if v.is_empty() => break,
+            Err(_) => break,
+            Ok(v) => Bytes::from(v),
+        };
+        let Some(conn) = conn.upgrade() else { break };
+        let mut st = conn.state();
+        match wire::decode(&raw) {
+            Some((wire::HANDSHAKE, p @ Packet::Welcome { nonce, channel, .. })) => {
+                if let Some((q, answer)) = st.waiting.remove(&nonce) {
+                    let orphans = std::mem::take(&mut st.orphans);
+                    for o in orphans {
+                        if o.first() == Some(&channel) {
+                            let _ = q.try_send(o);
+                        } else {
+                            st.orphans.push_back(o);
+                        }
+                    }
+                    st.routes.insert(channel, q);
+                    let _ = answer.send(p);
+                }
+            }
+            Some((wire::HANDSHAKE, p @ Packet::Refuse { nonce, .. })) => {
+                if let Some((_, answer)) = st.waiting.remove(&nonce) {
+                    let _ = answer.send(p);
+                }
+            }
+            Some((wire::HANDSHAKE, _)) | None => {}
+            Some((channel, _)) => match st.routes.get(&channel) {
+                Some(q) => {
+                    if q.try_send(raw).is_err() && !q.is_closed() {
+                        tracing::warn!(channel, "peripheral overran its window; packet dropped");
+                    }
+                }
+                None => {
+                    if st.orphans.len() >= ORPHANS {
+                        st.orphans.pop_front();
+                    }
+                    st.orphans.push_back(raw);
+                }
+            },
+        }
+    }
+    // Dropping the queues ends the links' receivers with "connection went away".
+    if let Some(conn) = conn.upgrade() {
+        let mut st = conn.state();
+        st.dead = true;
+        st.routes.clear();
+        st.waiting.clear();
+    }
+    tracing::debug!("ble notify socket closed (disconnected)");
+}
+
+/// Connects (with back-off) until BlueZ resolved the peripheral's services,
+/// and finds the gateway service's two characteristics.
 async fn connect(
-    adapter: &Adapter,
-    peripheral: &Peripheral,
+    device: &Device,
     p: &OpenParams,
     deadline: Instant,
 ) -> Result<(Characteristic, Characteristic), OpenError> {
@@ -322,118 +450,67 @@ async fn connect(
     loop {
         attempt += 1;
         let left = deadline.saturating_duration_since(Instant::now());
-        let r = match tokio::time::timeout(CONNECT_ATTEMPT.min(left), async {
-            if !peripheral.is_connected().await.unwrap_or(false) {
-                peripheral.connect().await?;
+        let e: String = match tokio::time::timeout(CONNECT_ATTEMPT.min(left), async {
+            if !device.is_connected().await? {
+                device.connect().await?;
             }
-            peripheral.discover_services().await
+            // Waits for ServicesResolved: before it, the list may lack ours.
+            let services = device.services().await?;
+            let mut found = (None, None);
+            for s in services {
+                if s.uuid().await? != Uuid::from_u128(SERVICE_UUID) {
+                    continue;
+                }
+                for c in s.characteristics().await? {
+                    let u = c.uuid().await?;
+                    if u == Uuid::from_u128(WRITE_CHARACTERISTIC_UUID) {
+                        found.0 = Some(c);
+                    } else if u == Uuid::from_u128(NOTIFY_CHARACTERISTIC_UUID) {
+                        found.1 = Some(c);
+                    }
+                }
+            }
+            Ok::<_, bluer::Error>(found)
         })
         .await
         {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err("connect attempt timed out".to_string()),
+            Ok(Ok((Some(w), Some(n)))) => return Ok((w, n)),
+            Ok(Ok(_)) => format!("{} does not serve the gateway GATT service", p.addr),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "connect attempt timed out".to_string(),
         };
-        match r {
-            Ok(()) => break,
-            Err(e) => {
-                tracing::debug!(attempt, error = %e, "ble connect failed");
-                if Instant::now() + backoff >= deadline {
-                    let _ = adapter.stop_scan().await;
-                    return Err(OpenError::Refused(format!(
-                        "could not connect to {} in {attempt} attempts within {:?} (last: {e}); check it is in range and advertising, or raise ?timeout=",
-                        p.addr, p.timeout
-                    )));
-                }
-                sleep(backoff).await;
-                backoff = (backoff * 2).min(BACKOFF_MAX);
-            }
+        tracing::debug!(attempt, error = %e, "ble connect failed");
+        if Instant::now() + backoff >= deadline {
+            let _ = device.disconnect().await;
+            return Err(if e.contains("gateway GATT service") {
+                OpenError::Refused(format!("{e}; run `gateway serve --listen ble:` there"))
+            } else {
+                OpenError::Refused(format!(
+                    "could not connect to {} in {attempt} attempts within {:?} (last: {e}); check it is in range and advertising, or raise ?timeout=",
+                    p.addr, p.timeout
+                ))
+            });
         }
+        sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
-    let chars = peripheral.characteristics();
-    let pick = |uuid: u128| {
-        chars
-            .iter()
-            .find(|c| {
-                c.uuid == bluer::Uuid::from_u128(uuid)
-                    && c.service_uuid == bluer::Uuid::from_u128(SERVICE_UUID)
-            })
-            .cloned()
-    };
-    let (Some(w), Some(n)) = (
-        pick(WRITE_CHARACTERISTIC_UUID),
-        pick(NOTIFY_CHARACTERISTIC_UUID),
-    ) else {
-        return Err(OpenError::Refused(format!(
-            "{} does not serve the gateway GATT service; run `gateway serve --listen ble:` there",
-            p.addr
-        )));
-    };
-    if let Err(e) = peripheral.subscribe(&n).await {
-        // Another link of this process to the same peripheral subscribed already.
-        if !e.to_string().contains("InProgress") && !e.to_string().contains("in progress") {
-            return Err(bt_err(
-                &format!("subscribing to {}'s notifications", p.addr),
-                e,
-            ));
-        }
-    }
-    Ok((w, n))
 }
 
 struct WriteSink {
-    peripheral: Peripheral,
-    characteristic: Characteristic,
-    notify: Characteristic,
-    addr: BDAddr,
-    in_flight: FuturesOrdered<futures::future::BoxFuture<'static, btleplug::Result<()>>>,
-    pump: Option<tokio::task::JoinHandle<()>>,
-}
-
-fn sink_err(e: btleplug::Error) -> io::Error {
-    io::Error::new(io::ErrorKind::BrokenPipe, format!("BLE write failed: {e}"))
+    conn: Arc<Conn>,
+    channel: u8,
 }
 
 #[async_trait]
 impl PacketSink for WriteSink {
     async fn send(&mut self, packet: Bytes) -> io::Result<()> {
-        if self.in_flight.len() >= WRITES_IN_FLIGHT
-            && let Some(r) = self.in_flight.next().await
-        {
-            r.map_err(sink_err)?;
-        }
-        let p = self.peripheral.clone();
-        let c = self.characteristic.clone();
-        let mut f = async move { p.write(&c, &packet, WriteType::WithoutResponse).await }.boxed();
-        // Poll once now, which sends the D-Bus call: calls leave in order.
-        if let Some(r) = (&mut f).now_or_never() {
-            return r.map_err(sink_err);
-        }
-        self.in_flight.push_back(f);
-        // Collect what already finished, so errors show up early.
-        while let Some(Some(r)) = self.in_flight.next().now_or_never() {
-            r.map_err(sink_err)?;
-        }
-        Ok(())
+        // One datagram is one write without response; bluetoothd queues
+        // them in order. The socket's buffer is the back-pressure.
+        tracing::trace!(len = packet.len(), head = ?&packet[..packet.len().min(3)], "ble write");
+        self.conn.writer.send(&packet).await
     }
 
     async fn finish(&mut self) {
-        while let Some(r) = self.in_flight.next().await {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "ble write failed at the end");
-            }
-        }
-        if let Some(p) = self.pump.take() {
-            p.abort();
-        }
-        let users = users(self.addr);
-        let mut count = users.lock().await;
-        *count = count.saturating_sub(1);
-        if *count == 0 {
-            let _ = self.peripheral.unsubscribe(&self.notify).await;
-            if let Err(e) = self.peripheral.disconnect().await {
-                tracing::debug!(error = %e, "ble disconnect failed");
-            }
-            tracing::debug!(peer = %self.addr, "ble disconnected");
-        }
+        self.conn.state().routes.remove(&self.channel);
     }
 }

@@ -1,5 +1,5 @@
 //! gateway-ble: the `ble:` link driver, for Bluetooth Low Energy. A central
-//! (btleplug) opens `ble:ADDR`; `listen ble:` serves the gateway GATT service
+//! (bluer, BlueZ's D-Bus API) opens `ble:ADDR`; `listen ble:` serves the gateway GATT service
 //! as a peripheral (gateway-bluez's bluer application). Frames travel in
 //! MTU-sized packets with credit flow control (gateway-bluez's `gatt::wire`).
 //!
@@ -38,7 +38,7 @@ pub const DEFAULT_OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Needs bluetoothd (5.50 or later) on the D-Bus system bus on both sides.
 pub struct BleDriver {
     cfg: GattConfig,
-    manager: OnceCell<btleplug::platform::Manager>,
+    session: OnceCell<bluer::Session>,
 }
 
 impl Default for BleDriver {
@@ -63,18 +63,16 @@ impl BleDriver {
     pub fn with_config(cfg: GattConfig) -> Self {
         BleDriver {
             cfg,
-            manager: OnceCell::new(),
+            session: OnceCell::new(),
         }
     }
 
-    async fn manager(&self) -> Result<&btleplug::platform::Manager, OpenError> {
-        self.manager
+    async fn session(&self) -> Result<&bluer::Session, OpenError> {
+        self.session
             .get_or_try_init(|| async {
-                btleplug::platform::Manager::new().await.map_err(|e| {
-                    OpenError::Unsupported(format!(
-                        "cannot reach BlueZ over D-Bus ({e}); start dbus and bluetoothd (`systemctl start bluetooth`)"
-                    ))
-                })
+                bluer::Session::new()
+                    .await
+                    .map_err(|e| gateway_bluez::gatt::open_error(&e, "connecting to BlueZ"))
             })
             .await
     }
@@ -83,7 +81,7 @@ impl BleDriver {
 const OPEN_FORM: &str =
     "a peer address, e.g. ble:AA:BB:CC:DD:EE:FF (`gateway links` on the peer shows it)";
 
-fn parse_addr(sel: &Selector, s: &str) -> Result<btleplug::api::BDAddr, SelectorError> {
+fn parse_addr(sel: &Selector, s: &str) -> Result<bluer::Address, SelectorError> {
     let ok = s.len() == 17
         && s.split(':').count() == 6
         && s.split(':')
@@ -126,8 +124,8 @@ impl LinkDriver for BleDriver {
         };
         let span = tracing::info_span!("ble_open", peer = %addr);
         async {
-            let manager = self.manager().await?;
-            central::open(manager, &self.cfg, &params).await
+            let session = self.session().await?;
+            central::open(session, &self.cfg, &params).await
         }
         .instrument(span)
         .await

@@ -2,27 +2,7 @@
 //! link now, and if not, why and what to do.
 
 use gateway_bluez::gatt::open_error;
-use gateway_link::{Adapter, OpenError};
-
-/// (name, address) of every adapter, e.g. ("hci0", "00:AA:01:00:00:23").
-pub(crate) async fn adapter_addresses() -> Result<Vec<(String, String)>, OpenError> {
-    let s = bluer::Session::new()
-        .await
-        .map_err(|e| open_error(&e, "connecting to BlueZ"))?;
-    let mut out = Vec::new();
-    for n in s
-        .adapter_names()
-        .await
-        .map_err(|e| open_error(&e, "listing Bluetooth adapters"))?
-    {
-        if let Ok(a) = s.adapter(&n)
-            && let Ok(addr) = a.address().await
-        {
-            out.push((n, addr.to_string()));
-        }
-    }
-    Ok(out)
-}
+use gateway_link::Adapter;
 
 /// rfkill state of `hciN`: Some("soft"/"hard") when blocked.
 fn rfkill_block(name: &str) -> Option<&'static str> {

@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bluer::adv::{Advertisement, AdvertisementHandle, Type as AdvType};
+use bluer::gatt::CharacteristicWriter;
 use bluer::gatt::local::{
     Application, ApplicationHandle, Characteristic, CharacteristicControl,
     CharacteristicControlEvent, CharacteristicNotify, CharacteristicNotifyMethod,
     CharacteristicWrite, CharacteristicWriteMethod, Service, characteristic_control,
 };
-use bluer::gatt::{CharacteristicReader, CharacteristicWriter};
 use bluer::{Adapter, Address, Uuid};
 use bytes::Bytes;
 use futures::StreamExt;
@@ -126,7 +126,8 @@ pub async fn listen(
         local: format!("{name} {addr}"),
         links: HashMap::new(),
         next_channel: 1,
-        reader: None,
+        incoming: None,
+        central: Address::any(),
         write_mtu: None,
         writer,
         notify_mtu: None,
@@ -220,12 +221,15 @@ struct ServiceTask {
     local: String,
     links: HashMap<u8, mpsc::Sender<Bytes>>,
     next_channel: u8,
-    reader: Option<CharacteristicReader>,
+    /// Packets from the write socket (read by [`read_writes`]).
+    incoming: Option<(mpsc::Receiver<Bytes>, JoinHandle<()>)>,
+    /// The central whose write acquired the socket (BlueZ shares it).
+    central: Address,
     write_mtu: Option<usize>,
     writer: watch::Sender<Option<Arc<CharacteristicWriter>>>,
     notify_mtu: Option<usize>,
-    /// HELLOs (nonce, window, central) waiting for the notification session.
-    waiting: Vec<(u64, u16, Address, tokio::time::Instant)>,
+    /// HELLOs (nonce, window, packet, central) waiting for the notification session.
+    waiting: Vec<(u64, u16, u16, Address, tokio::time::Instant)>,
     accept_tx: mpsc::UnboundedSender<Box<dyn Link>>,
     ended_tx: mpsc::UnboundedSender<u8>,
     ended_rx: mpsc::UnboundedReceiver<u8>,
@@ -248,8 +252,15 @@ impl ServiceTask {
                     Some(CharacteristicControlEvent::Write(req)) => {
                         tracing::debug!(central = %req.device_address(), mtu = req.mtu(), "write socket acquired");
                         self.write_mtu = Some(req.mtu());
+                        self.central = req.device_address();
                         match req.accept() {
-                            Ok(r) => self.reader = Some(r),
+                            Ok(r) => {
+                                let (tx, rx) = mpsc::channel(64);
+                                let task = tokio::spawn(read_writes(r, tx));
+                                if let Some((_, old)) = self.incoming.replace((rx, task)) {
+                                    old.abort();
+                                }
+                            }
                             Err(e) => tracing::warn!(error = %e, "cannot accept the GATT write socket"),
                         }
                     }
@@ -267,15 +278,14 @@ impl ServiceTask {
                     Some(other) => tracing::debug!(?other, "unexpected event on the notify characteristic"),
                     None => break,
                 },
-                r = async { self.reader.as_ref().expect("guarded").recv().await }, if self.reader.is_some() => match r {
-                    Ok(p) if p.is_empty() => {
-                        tracing::debug!("write socket closed by bluetoothd");
-                        self.reader = None;
+                r = async { self.incoming.as_mut().expect("guarded").0.recv().await }, if self.incoming.is_some() => match r {
+                    Some(p) => {
+                        tracing::trace!(len = p.len(), head = ?&p[..p.len().min(3)], "write socket packet");
+                        self.packet(p).await
                     }
-                    Ok(p) => self.packet(Bytes::from(p)).await,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "write socket failed");
-                        self.reader = None;
+                    None => {
+                        tracing::debug!("write socket closed by bluetoothd");
+                        self.incoming = None;
                     }
                 },
                 _ = async { writer.as_ref().expect("guarded").closed().await }, if writer.is_some() => {
@@ -288,7 +298,7 @@ impl ServiceTask {
                 }
                 _ = tick.tick() => {
                     let now = tokio::time::Instant::now();
-                    self.waiting.retain(|(_, _, central, since)| {
+                    self.waiting.retain(|(_, _, _, central, since)| {
                         let keep = now - *since < HELLO_WAIT;
                         if !keep {
                             tracing::warn!(%central, "a HELLO got no notification session in time; dropped");
@@ -309,16 +319,13 @@ impl ServiceTask {
             );
             return;
         };
-        let central = self
-            .reader
-            .as_ref()
-            .map(|r| r.device_address())
-            .unwrap_or_default();
+        let central = self.central;
         if channel == wire::HANDSHAKE {
             if let Packet::Hello {
                 version,
                 nonce,
                 window,
+                packet,
             } = packet
             {
                 if version != VERSION {
@@ -334,7 +341,7 @@ impl ServiceTask {
                     return;
                 }
                 self.waiting
-                    .push((nonce, window, central, tokio::time::Instant::now()));
+                    .push((nonce, window, packet, central, tokio::time::Instant::now()));
                 if self.writer.borrow().is_some() {
                     self.answer_waiting().await;
                 }
@@ -375,7 +382,7 @@ impl ServiceTask {
     }
 
     async fn answer_waiting(&mut self) {
-        for (nonce, window, central, _) in std::mem::take(&mut self.waiting) {
+        for (nonce, window, hello_packet, central, _) in std::mem::take(&mut self.waiting) {
             let Some(channel) = self.free_channel() else {
                 self.notify(wire::encode(
                     wire::HANDSHAKE,
@@ -388,7 +395,12 @@ impl ServiceTask {
                 .await;
                 continue;
             };
-            let packet = self.packet_size();
+            // The notify socket is shared: its MTU is the first central's.
+            // A central that says what it takes gets that.
+            let packet = match hello_packet {
+                0 => self.packet_size(),
+                n => usize::from(n).clamp(MIN_PACKET, MAX_PACKET),
+            };
             let (q_tx, q_rx) = incoming_queue(&self.cfg);
             self.links.insert(channel, q_tx);
             let sink = NotifySink {
@@ -440,6 +452,29 @@ impl ServiceTask {
             }
         }
         None
+    }
+}
+
+/// Reads the write socket into `tx`, one packet per write. Its buffer is
+/// larger than any ATT value: the reader bluer gives sizes it by the MTU of
+/// the central that acquired the socket, and would cut a later central's
+/// longer writes.
+async fn read_writes(mut r: bluer::gatt::CharacteristicReader, tx: mpsc::Sender<Bytes>) {
+    use tokio::io::AsyncReadExt;
+    let mut buf = vec![0u8; 2 * MAX_PACKET];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => {
+                if tx.send(Bytes::copy_from_slice(&buf[..n])).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "write socket failed");
+                break;
+            }
+        }
     }
 }
 

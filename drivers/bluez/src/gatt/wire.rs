@@ -16,7 +16,7 @@
 //! CREDIT    chan 0x10 n:u16                 the receiver took n more data packets
 //! KEEPALIVE chan 0x11                       still here (each second)
 //! RESET     chan 0x12                       the link was dropped without close
-//! HELLO     0 0x20 ver nonce:u64 window:u16                   central -> peripheral
+//! HELLO     0 0x20 ver nonce:u64 window:u16 packet:u16        central -> peripheral
 //! WELCOME   0 0x21 ver nonce:u64 chan payload:u16 window:u16  peripheral -> central
 //! REFUSE    0 0x22 ver nonce:u64 reason                       peripheral -> central
 //! ```
@@ -40,6 +40,13 @@ pub const MIN_PACKET: usize = 20;
 /// The largest: an ATT value is at most 512 bytes (and bluetoothd reads
 /// notifications from the socket 512 bytes at a time).
 pub const MAX_PACKET: usize = 512;
+/// The largest packet a central writes: bluetoothd before 5.69 checks the
+/// length of a write's whole body (2 bytes of handle + value) against the
+/// 512-byte value limit, so it drops writes of 511 and 512 bytes without a
+/// word (write commands have no answer). Fixed upstream by "shared/gatt-server:
+/// Fix not allowing valid attribute writes" (8bf3a4a26, BlueZ 5.69).
+/// Notifications are not affected.
+pub const MAX_WRITE_PACKET: usize = MAX_PACKET - 2;
 
 const FIRST: u8 = 0x01;
 const MORE: u8 = 0x02;
@@ -98,6 +105,10 @@ pub enum Packet {
         nonce: u64,
         /// Data packets the central can take before it grants credit.
         window: u16,
+        /// The largest packet the central can be sent (from its own ATT
+        /// MTU; the peripheral's notify socket is shared by centrals of
+        /// different MTUs). 0: not said (a central before this field).
+        packet: u16,
     },
     /// The peripheral gives a channel.
     Welcome {
@@ -155,11 +166,13 @@ pub fn encode(channel: u8, p: &Packet) -> Bytes {
             version,
             nonce,
             window,
+            packet,
         } => {
             b.put_u8(HELLO);
             b.put_u8(*version);
             b.put_u64(*nonce);
             b.put_u16(*window);
+            b.put_u16(*packet);
         }
         Packet::Welcome {
             version,
@@ -213,10 +226,15 @@ pub fn decode(raw: &Bytes) -> Option<(u8, Packet)> {
         CREDIT if body.len() == 2 => Packet::Credit(be16(body)),
         KEEPALIVE if body.is_empty() => Packet::Keepalive,
         RESET if body.is_empty() => Packet::Reset,
-        HELLO if body.len() == 11 => Packet::Hello {
+        HELLO if body.len() == 11 || body.len() == 13 => Packet::Hello {
             version: body[0],
             nonce: be64(&body[1..]),
             window: be16(&body[9..]),
+            packet: if body.len() == 13 {
+                be16(&body[11..])
+            } else {
+                0
+            },
         },
         WELCOME if body.len() == 14 => Packet::Welcome {
             version: body[0],
@@ -373,6 +391,7 @@ mod tests {
                 version: VERSION,
                 nonce: 0x0102_0304_0506_0708,
                 window: 64,
+                packet: 512,
             },
             Packet::Welcome {
                 version: VERSION,
@@ -406,6 +425,33 @@ mod tests {
         assert_eq!(decode(&Bytes::from_static(b"\x01")), None);
         assert_eq!(decode(&Bytes::from_static(b"\x01\x99")), None);
         assert_eq!(decode(&Bytes::from_static(b"\x00\x20\x01")), None);
+    }
+
+    #[test]
+    fn a_hello_without_the_packet_field_still_decodes() {
+        let mut raw = encode(
+            HANDSHAKE,
+            &Packet::Hello {
+                version: VERSION,
+                nonce: 7,
+                window: 64,
+                packet: 244,
+            },
+        )
+        .to_vec();
+        raw.truncate(raw.len() - 2);
+        assert_eq!(
+            decode(&Bytes::from(raw)),
+            Some((
+                HANDSHAKE,
+                Packet::Hello {
+                    version: VERSION,
+                    nonce: 7,
+                    window: 64,
+                    packet: 0
+                }
+            ))
+        );
     }
 
     #[test]
