@@ -619,6 +619,8 @@ impl Sender {
             self.pending.insert(idx);
         }
         self.phase = Phase::Sending;
+        // A Complete not yet polled would go out with chunks unacked.
+        self.complete_due = false;
         Ok(())
     }
 
@@ -781,6 +783,38 @@ mod tests {
             have: vec![],
         })
         .unwrap();
+    }
+
+    #[test]
+    fn a_failed_verdict_before_complete_is_polled_leaves_no_complete_to_send() {
+        let mut s = tx();
+        s.handle_accept(&Accept {
+            transfer_id: [1; 16],
+            have: vec![Range { start: 0, end: 10 }],
+        })
+        .unwrap();
+        s.set_file_hash([7; 32]);
+        assert_eq!(*s.phase(), Phase::Verifying);
+        // The peer's Verdict arrives before the glue polled the Complete.
+        s.handle_verdict(&Verdict {
+            transfer_id: [1; 16],
+            ok: false,
+            bad_chunks: vec![Range { start: 3, end: 4 }],
+            message: String::new(),
+        })
+        .unwrap();
+        assert_eq!(*s.phase(), Phase::Sending);
+        let c = s.poll_complete();
+        assert!(
+            c.is_none(),
+            "expected no Complete while chunk 3 is unacked, got {c:?}"
+        );
+        s.handle_ack(0, &[Range { start: 3, end: 4 }], Instant::now())
+            .unwrap();
+        assert!(
+            s.poll_complete().is_some(),
+            "expected a Complete once chunk 3 is acked again"
+        );
     }
 
     #[test]

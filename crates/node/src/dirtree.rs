@@ -155,6 +155,19 @@ pub(crate) fn mtime_ns(md: &std::fs::Metadata) -> i64 {
 pub(crate) fn scan(root: &Path, hash: bool) -> Result<Vec<Entry>, NodeError> {
     let mut out = Vec::new();
     walk(root, "", &mut out)?;
+    // The receiver's whole-tree check (a link out of the tree through
+    // another link), said here, before anything is sent.
+    let size = out
+        .iter()
+        .filter(|e| e.kind == EntryKind::File)
+        .map(|e| e.size)
+        .sum();
+    gateway_proto::validate_tree(&out, size).map_err(|e| {
+        NodeError::Other(format!(
+            "{}: {e}; gateway sends links as links and never follows them out of the tree: remove it, or send what it points to",
+            root.display()
+        ))
+    })?;
     if hash {
         hash_files(root, &mut out)?;
     }

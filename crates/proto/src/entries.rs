@@ -6,9 +6,11 @@
 //! it touches a disk: every path is relative and made of valid names, no
 //! path repeats, every parent directory comes before its children, the file
 //! sizes add up to the transfer's size, and a symlink's target stays inside
-//! the tree when resolved from where the link sits.
+//! the tree when resolved from where the link sits, the kernel's way: a
+//! `..` steps out of a directory of the tree only, never out of another
+//! link (whose `..` is taken from wherever that link leads).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::error::ProtoError;
 use crate::name::validate_name;
@@ -109,18 +111,19 @@ pub fn check_link_target(link: &str, target: &str) -> Result<(), ProtoError> {
 /// docs for the rules).
 pub fn validate_tree(entries: &[Entry], size: u64) -> Result<(), ProtoError> {
     let mut seen: HashSet<&str> = HashSet::with_capacity(entries.len());
-    let mut dirs: HashSet<&str> = HashSet::new();
+    // Directory path -> its id (0 is the root), and (parent id, name) -> id,
+    // so a symlink's target is walked one name at a time (linear in its length).
+    let mut dirs: HashMap<&str, usize> = HashMap::new();
+    let mut children: HashMap<(usize, &str), usize> = HashMap::new();
     let mut total: u64 = 0;
     for e in entries {
         let parts = path_components(&e.path)?;
+        let mut parent_id = 0;
         if parts.len() > 1 {
             let parent = &e.path[..e.path.len() - parts[parts.len() - 1].len() - 1];
-            if !dirs.contains(parent) {
-                return Err(bad(
-                    &e.path,
-                    "its directory is not listed before it in the tree",
-                ));
-            }
+            parent_id = *dirs
+                .get(parent)
+                .ok_or_else(|| bad(&e.path, "its directory is not listed before it in the tree"))?;
         }
         if !seen.insert(&e.path) {
             return Err(bad(&e.path, "listed twice in the tree"));
@@ -136,7 +139,9 @@ pub fn validate_tree(entries: &[Entry], size: u64) -> Result<(), ProtoError> {
                     return Err(bad(&e.path, "a directory or symlink with a size or hash"));
                 }
                 if e.kind == EntryKind::Dir {
-                    dirs.insert(&e.path);
+                    let id = dirs.len() + 1;
+                    dirs.insert(&e.path, id);
+                    children.insert((parent_id, parts[parts.len() - 1]), id);
                 } else {
                     check_link_target(&e.path, &e.target)?;
                 }
@@ -150,6 +155,53 @@ pub fn validate_tree(entries: &[Entry], size: u64) -> Result<(), ProtoError> {
         return Err(ProtoError::OutOfBounds(format!(
             "the tree's files add up to {total} bytes, the transfer says {size}"
         )));
+    }
+    // After the loop: a target may name directories listed after the link.
+    for e in entries.iter().filter(|e| e.kind == EntryKind::Symlink) {
+        check_link_in_tree(&e.path, &e.target, &children)?;
+    }
+    Ok(())
+}
+
+/// Walks `target` from the directory of the symlink at `link` as the kernel
+/// resolves it: a `..` may leave only a directory of the tree. Leaving
+/// anything else (another symlink, a file, a name the tree does not have)
+/// is refused: out of a symlink the kernel steps out of wherever that link
+/// leads, so `x -> d/up/..` with `d/up -> ..` would reach above the root
+/// although each link alone passes [`check_link_target`].
+fn check_link_in_tree(
+    link: &str,
+    target: &str,
+    children: &HashMap<(usize, &str), usize>,
+) -> Result<(), ProtoError> {
+    // Where resolution stands: the directory ids from the root down, `None`
+    // below anything that is not a directory of the tree.
+    let mut at: Vec<Option<usize>> = vec![Some(0)];
+    let mut parents: Vec<&str> = link.split('/').collect();
+    parents.pop();
+    for name in parents {
+        let here = at.last().copied().flatten();
+        at.push(here.and_then(|id| children.get(&(id, name)).copied()));
+    }
+    for part in target.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                if at.len() == 1 {
+                    return Err(bad(link, "symlink pointing outside the tree"));
+                }
+                if at.pop().flatten().is_none() {
+                    return Err(bad(
+                        link,
+                        "symlink whose target steps back (..) out of something that is not a directory of the tree (another symlink, a file or a missing name)",
+                    ));
+                }
+            }
+            name => {
+                let here = at.last().copied().flatten();
+                at.push(here.and_then(|id| children.get(&(id, name)).copied()));
+            }
+        }
     }
     Ok(())
 }
@@ -212,6 +264,52 @@ mod tests {
         }
         check_link_target("d/l", "../x").unwrap();
         check_link_target("l", ".").unwrap();
+    }
+
+    #[test]
+    fn symlinks_that_climb_out_through_another_link_are_refused() {
+        // Each link alone stays inside lexically; followed by the kernel,
+        // `x` reaches d/up (the root), then the root's parent.
+        let chain = vec![
+            e("d", EntryKind::Dir, 0, ""),
+            e("d/up", EntryKind::Symlink, 0, ".."),
+            e("x", EntryKind::Symlink, 0, "d/up/.."),
+        ];
+        let err = validate_tree(&chain, 0).unwrap_err();
+        assert!(
+            matches!(&err, ProtoError::BadName { name, .. } if name == "x"),
+            "expected x refused, got {err:?}"
+        );
+        // Deeper: down through real directories after the link, then up past the root.
+        let deep = vec![
+            e("a", EntryKind::Dir, 0, ""),
+            e("a/b", EntryKind::Dir, 0, ""),
+            e("d", EntryKind::Dir, 0, ""),
+            e("d/up", EntryKind::Symlink, 0, ".."),
+            e("x", EntryKind::Symlink, 0, "d/up/a/b/../../../etc"),
+        ];
+        assert!(validate_tree(&deep, 0).is_err());
+        // `..` out of a file or a name the tree lacks is refused too.
+        for t in ["f/..", "nothing/../f"] {
+            let tree = vec![
+                e("f", EntryKind::File, 0, ""),
+                e("l", EntryKind::Symlink, 0, t),
+            ];
+            assert!(
+                validate_tree(&tree, 0).is_err(),
+                "l -> {t} should be refused"
+            );
+        }
+        // Through real directories, even ones listed after the link, it is fine.
+        let ok = vec![
+            e("l", EntryKind::Symlink, 0, "d/e/../f"),
+            e("d", EntryKind::Dir, 0, ""),
+            e("d/e", EntryKind::Dir, 0, ""),
+            e("d/f", EntryKind::File, 0, ""),
+            e("d/e/m", EntryKind::Symlink, 0, "../../d/up"),
+            e("d/up", EntryKind::Symlink, 0, ".."),
+        ];
+        validate_tree(&ok, 0).unwrap();
     }
 
     #[test]

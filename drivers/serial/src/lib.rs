@@ -30,6 +30,8 @@ mod arq;
 #[cfg(feature = "test-cable")]
 pub mod cable;
 mod codec;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod link;
 
 pub use link::SILENCE_TIMEOUT;
