@@ -116,14 +116,31 @@ fn held_unless_vanished(
     Ok(RangeSet::new())
 }
 
+/// Longest file name most Linux filesystems take, in bytes.
+const NAME_MAX_BYTES: usize = 255;
+
+/// `prefix` + NAME + `.<first 8 hex of id>.gateway-part`, with NAME cut (on
+/// a character boundary) so the whole stays within [`NAME_MAX_BYTES`]: a
+/// 255-byte name is valid, and its part file must be creatable too. The id
+/// keeps cut names apart.
+fn part_name(prefix: &str, name: &str, id: &TransferId) -> String {
+    let suffix = format!(".{}.gateway-part", hex::encode(&id[..4]));
+    let room = NAME_MAX_BYTES - prefix.len() - suffix.len();
+    let mut cut = name.len().min(room);
+    while !name.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{prefix}{}{suffix}", &name[..cut])
+}
+
 /// `.NAME.<first 8 hex of id>.gateway-part/`: where a tree is staged.
 pub(crate) fn stage_path(dir: &Path, name: &str, id: &TransferId) -> PathBuf {
-    dir.join(format!(".{name}.{}.gateway-part", hex::encode(&id[..4])))
+    dir.join(part_name(".", name, id))
 }
 
 /// `NAME.<first 8 hex of id>.gateway-part`, so two transfers of one name never share a file.
 pub(crate) fn part_path(dir: &Path, name: &str, id: &TransferId) -> PathBuf {
-    dir.join(format!("{name}.{}.gateway-part", hex::encode(&id[..4])))
+    dir.join(part_name("", name, id))
 }
 
 /// Opens (creating if needed) a part file and gives it the file's size; it
@@ -742,6 +759,25 @@ pub(crate) fn rename_no_clobber(from: &Path, dir: &Path, name: &str) -> Result<P
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_part_file_of_a_255_byte_name_fits_in_255_bytes() {
+        let id = [0xab; 16];
+        let long = "é".repeat(127) + "x"; // 255 bytes
+        for p in [
+            part_path(Path::new("/in"), &long, &id),
+            stage_path(Path::new("/in"), &long, &id),
+        ] {
+            let n = p.file_name().unwrap().len();
+            assert!(n <= 255, "{n} bytes: {}", p.display());
+            assert!(p.to_string_lossy().ends_with(".abababab.gateway-part"));
+        }
+        assert_eq!(
+            part_path(Path::new("/in"), "a.txt", &id),
+            Path::new("/in/a.txt.abababab.gateway-part")
+        );
+    }
+
     use super::*;
     use gateway_proto::Offer;
 

@@ -125,8 +125,9 @@ async fn send_once(
         ptx,
         stop_rx,
     );
-    match tokio::time::timeout(Duration::from_secs(120), fut).await {
-        Err(_) => Err("HANG: the send did not end within 120 s".into()),
+    let limit = Duration::from_secs(env_u64("SOAK_HANG_S").unwrap_or(120));
+    match tokio::time::timeout(limit, fut).await {
+        Err(_) => Err(format!("HANG: the send did not end within {limit:?}")),
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => Err(e.to_string()),
     }
@@ -134,6 +135,12 @@ async fn send_once(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transfers_over_faulty_links_deliver_the_exact_file_or_pause_and_finish_on_rerun() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
     let n = env_u64("SOAK_TRANSFERS").unwrap_or(40);
     let seed = env_u64("SOAK_SEED").unwrap_or_else(rand::random);
     eprintln!("soak: {n} transfers, seed {seed} (replay: SOAK_SEED={seed})");
