@@ -186,6 +186,7 @@ fn keys() -> Vec<Key> {
         key!("node.discovery_window_ms", "how long send --to NAME browses mDNS at most", ms node.discovery_window),
         key!("node.discovery_settle_ms", "once the peer answered, how long to wait for its other paths", ms node.discovery_settle),
         key!("node.rediscover_interval_ms", "while a named receiver's link is down, look for it again this often", ms node.rediscover_interval),
+        key!("node.grow_interval_ms", "with every link to a named receiver up, still look for new paths to it this often (0: never)", ms node.grow_interval),
         Key {
             name: "node.trust",
             help: "who may exchange files: paired, tofu or any",

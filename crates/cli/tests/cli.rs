@@ -1163,7 +1163,32 @@ fn links_lists_tcp_and_serial_and_the_radios_as_unavailable_with_a_reason() {
             "links --json: expected the host end unusable for want of a controller, got {usb:?}"
         );
     }
-    for scheme in ["rfcomm", "ble"] {
+    // Bluetooth is built in (default feature): rows for RFCOMM and L2CAP,
+    // and on a machine without Bluetooth (CI) the reason.
+    for scheme in ["rfcomm", "l2cap"] {
+        let r = of(scheme);
+        assert!(
+            !r.is_empty(),
+            "links --json: expected a {scheme} row, got {rows:?}"
+        );
+        for row in &r {
+            let why = row["detail"].as_str().unwrap_or("");
+            assert!(
+                row["usable"] == true
+                    || why.contains("Bluetooth")
+                    || why.contains("rfkill")
+                    || why.contains("powered off"),
+                "links --json: an unusable {scheme} row must say why, got {row}"
+            );
+        }
+        if !std::path::Path::new("/sys/class/bluetooth").exists() {
+            assert!(
+                r.iter().all(|row| row["usable"] == false),
+                "links --json: no Bluetooth here, yet {scheme} is usable: {r:?}"
+            );
+        }
+    }
+    for scheme in ["ble"] {
         let r = of(scheme);
         assert!(
             !r.is_empty(),

@@ -314,6 +314,7 @@ mod tests {
             node_type: String::new(),
             version: 1,
             links: vec![],
+            bt: Vec::new(),
         };
         let l = instance_label(&a);
         assert!(l.len() <= 63, "{l}");

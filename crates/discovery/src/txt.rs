@@ -3,7 +3,10 @@
 //!
 //! Keys (RFC 6763 §6: `key=value`, each string ≤ 255 bytes):
 //! `id` node id (fingerprint of its key), `name`, `type`, `v` protocol
-//! version, `links` comma-separated link kinds (`tcp,serial,usb,bt`).
+//! version, `links` comma-separated link kinds (`tcp,serial,usb,rfcomm`),
+//! `bt` comma-separated Bluetooth selectors (`rfcomm:AA:BB:CC:DD:EE:FF/24`),
+//! so a node's Bluetooth address and channel/PSM are known before any link
+//! to it is opened.
 //! Unknown keys are ignored so later versions can add some. Everything in
 //! it is a claim: the node layer checks `id` against the key presented in
 //! the Noise handshake before it believes any of it.
@@ -20,6 +23,10 @@ pub const MAX_LINK_KINDS: usize = 8;
 pub const MAX_LINK_KIND_BYTES: usize = 12;
 /// Longest `id` accepted (a node id is 32 characters with dashes).
 pub const MAX_ID_BYTES: usize = 40;
+/// Most Bluetooth selectors accepted in `bt`.
+pub const MAX_BT_SELECTORS: usize = 4;
+/// Longest Bluetooth selector accepted in `bt`.
+pub const MAX_BT_SELECTOR_BYTES: usize = 48;
 /// Most TXT strings looked at; a record with more is refused.
 pub const MAX_TXT_ENTRIES: usize = 32;
 
@@ -36,6 +43,8 @@ pub struct Advert {
     pub version: u32,
     /// Link kinds it can be reached on (tcp, serial, usb, bt…).
     pub links: Vec<String>,
+    /// Bluetooth selectors a peer can dial (`rfcomm:ADDR/CH`, `l2cap:ADDR/PSM`).
+    pub bt: Vec<String>,
 }
 
 impl Advert {
@@ -49,6 +58,10 @@ impl Advert {
             ("v".to_string(), self.version.to_string()),
             ("links".to_string(), self.links.join(",")),
         ];
+        let mut txt = txt;
+        if !self.bt.is_empty() {
+            txt.push(("bt".to_string(), self.bt.join(",")));
+        }
         let as_bytes: Vec<(String, Option<Vec<u8>>)> = txt
             .iter()
             .map(|(k, v)| (k.clone(), Some(v.clone().into_bytes())))
@@ -175,12 +188,39 @@ pub fn parse_txt(props: &[(String, Option<Vec<u8>>)]) -> Result<Advert, TxtError
             max: MAX_LINK_KINDS,
         });
     }
+    let bt_raw = get("bt", MAX_BT_SELECTORS * (MAX_BT_SELECTOR_BYTES + 1))?.unwrap_or_default();
+    let mut bt = Vec::new();
+    for sel in bt_raw.split(',').filter(|k| !k.is_empty()) {
+        let ok_scheme = ["rfcomm:", "l2cap:", "ble:"]
+            .iter()
+            .any(|p| sel.starts_with(p));
+        if !ok_scheme
+            || sel.len() > MAX_BT_SELECTOR_BYTES
+            || !sel
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || ":/?=".contains(c))
+        {
+            return Err(TxtError::Invalid {
+                key: "bt",
+                why: format!("{sel:?} is not a Bluetooth selector"),
+            });
+        }
+        bt.push(sel.to_string());
+    }
+    if bt.len() > MAX_BT_SELECTORS {
+        return Err(TxtError::TooLong {
+            key: "bt",
+            len: bt.len(),
+            max: MAX_BT_SELECTORS,
+        });
+    }
     Ok(Advert {
         node_id,
         name,
         node_type,
         version,
         links,
+        bt,
     })
 }
 
@@ -204,6 +244,7 @@ mod tests {
             node_type: "laptop".into(),
             version: 1,
             links: vec!["tcp".into(), "serial".into()],
+            bt: vec!["rfcomm:00:1A:7D:DA:71:13/24".into()],
         };
         let txt = a.to_txt().unwrap();
         let raw: Vec<_> = txt
@@ -211,6 +252,22 @@ mod tests {
             .map(|(k, v)| (k, Some(v.into_bytes())))
             .collect();
         assert_eq!(parse_txt(&raw).unwrap(), a);
+    }
+
+    #[test]
+    fn bluetooth_selectors_in_txt_are_checked_like_everything_else() {
+        let with = |bt: &str| parse_txt(&props(&[("id", ID), ("name", "b"), ("bt", bt)]));
+        let ok =
+            with("rfcomm:00:1A:7D:DA:71:13/24,l2cap:00:1A:7D:DA:71:13/0x87?le=public").unwrap();
+        assert_eq!(ok.bt.len(), 2);
+        for bad in [
+            "tcp:1.2.3.4:5",
+            "rfcomm:../../etc",
+            "rfcomm:a b",
+            "rfcomm:1,rfcomm:2,rfcomm:3,rfcomm:4,rfcomm:5",
+        ] {
+            assert!(with(bad).is_err(), "{bad:?} should be refused");
+        }
     }
 
     #[test]
@@ -300,6 +357,7 @@ mod tests {
             node_type: "laptop".into(),
             version: 1,
             links: vec![],
+            bt: Vec::new(),
         };
         assert!(a.to_txt().is_err());
     }

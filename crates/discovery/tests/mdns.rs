@@ -14,6 +14,7 @@ fn advert(name: &str, id: &str) -> Advert {
         node_type: "server".into(),
         version: 1,
         links: vec!["tcp".into()],
+        bt: Vec::new(),
     }
 }
 

@@ -127,6 +127,96 @@ fn eof_mid_frame() -> LinkError {
     ))
 }
 
+// ---- Marked streams: frames plus in-band close and keepalive ----
+//
+// Transports with no half-close of their own (USB bulk pipes, RFCOMM) mark a
+// closed direction in the stream itself, with a length no frame has; a
+// keepalive mark lets a receiver tell a silent peer from a gone one.
+
+/// The length prefix that closes a direction.
+pub const CLOSE: [u8; HEADER_LEN] = u32::MAX.to_be_bytes();
+/// The length prefix of a keepalive (no body): each end sends one every
+/// interval the driver picks, so a peer that vanished without a word (a killed
+/// host process, which the gadget is not told of) is noticed.
+pub const KEEPALIVE: [u8; HEADER_LEN] = (u32::MAX - 1).to_be_bytes();
+
+/// What the reassembler found next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Item {
+    /// A whole frame (possibly empty).
+    Frame(Bytes),
+    /// The peer closed its direction.
+    Close,
+    /// The peer is alive.
+    Keepalive,
+}
+
+/// Reassembles frames from the chunks a transport's reads return (any sizes, zero
+/// included). Holds a partial frame across calls, so a `recv` future dropped
+/// between chunks loses nothing.
+#[derive(Debug)]
+pub struct Reassembler {
+    max: usize,
+    buf: BytesMut,
+    broken: bool,
+}
+
+impl Reassembler {
+    /// A reassembler refusing frames longer than `max` bytes.
+    pub fn new(max: usize) -> Self {
+        Reassembler {
+            max,
+            buf: BytesMut::new(),
+            broken: false,
+        }
+    }
+
+    /// Adds bytes read from the pipe.
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// The next whole frame or the peer's close, if the bytes so far hold one.
+    pub fn next_frame(&mut self) -> Result<Option<Item>, LinkError> {
+        if self.broken {
+            return Err(LinkError::Corrupt(
+                "the stream lost its framing earlier; open a new link".into(),
+            ));
+        }
+        if self.buf.len() < HEADER_LEN {
+            return Ok(None);
+        }
+        if self.buf[..HEADER_LEN] == CLOSE {
+            self.buf.advance(HEADER_LEN);
+            return Ok(Some(Item::Close));
+        }
+        if self.buf[..HEADER_LEN] == KEEPALIVE {
+            self.buf.advance(HEADER_LEN);
+            return Ok(Some(Item::Keepalive));
+        }
+        let len = u32::from_be_bytes(self.buf[..HEADER_LEN].try_into().expect("4 bytes")) as usize;
+        if len > self.max {
+            self.broken = true;
+            return Err(LinkError::FrameTooLarge { len, max: self.max });
+        }
+        if self.buf.len() < HEADER_LEN + len {
+            // Reserve the whole frame once, so a big frame is not regrown chunk by chunk.
+            self.buf.reserve(HEADER_LEN + len - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(HEADER_LEN);
+        Ok(Some(Item::Frame(self.buf.split_to(len).freeze())))
+    }
+}
+
+/// The length prefix of a frame of `len` bytes, refusing one over `max`.
+pub fn header(len: usize, max: usize) -> Result<[u8; HEADER_LEN], LinkError> {
+    if len > max || u32::try_from(len).is_err() {
+        return Err(LinkError::FrameTooLarge { len, max });
+    }
+    Ok((len as u32).to_be_bytes())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,5 +288,64 @@ mod tests {
         assert!(t.is_err(), "read should still be waiting for the rest");
         a.write_all(&[4, 5, 6]).await.unwrap();
         assert_eq!(&r.read(&mut b).await.unwrap()[..], &[1, 2, 3, 4, 5, 6]);
+    }
+
+    fn marked_framed(frames: &[&[u8]]) -> Vec<u8> {
+        let mut v = Vec::new();
+        for f in frames {
+            v.extend_from_slice(&header(f.len(), 1 << 20).unwrap());
+            v.extend_from_slice(f);
+        }
+        v
+    }
+
+    #[test]
+    fn frames_come_back_whole_whatever_sizes_the_reads_return() {
+        let big = vec![7u8; 70_000];
+        let mut bytes = marked_framed(&[b"one", &big]);
+        bytes.extend_from_slice(&KEEPALIVE);
+        bytes.extend(marked_framed(&[b"", b"two"]));
+        bytes.extend_from_slice(&CLOSE);
+        for step in [1, 3, 512, 4096, 65_536, bytes.len()] {
+            let mut r = Reassembler::new(1 << 20);
+            let mut got = Vec::new();
+            for chunk in bytes.chunks(step) {
+                r.push(chunk);
+                r.push(&[]); // a zero-length packet changes nothing
+                while let Some(f) = r.next_frame().unwrap() {
+                    if f != Item::Keepalive {
+                        got.push(f);
+                    }
+                }
+            }
+            let frame = |i: usize| match &got[i] {
+                Item::Frame(f) => f.clone(),
+                other => panic!("step {step}: {other:?} at {i}"),
+            };
+            assert_eq!(got.len(), 5, "step {step}");
+            assert_eq!(&frame(0)[..], b"one");
+            assert_eq!(&frame(1)[..], &big[..]);
+            assert!(
+                frame(2).is_empty(),
+                "an empty frame is a frame, not a close"
+            );
+            assert_eq!(&frame(3)[..], b"two");
+            assert_eq!(got[4], Item::Close);
+        }
+    }
+
+    #[test]
+    fn an_oversized_length_breaks_the_stream_for_good() {
+        let mut r = Reassembler::new(100);
+        r.push(&1000u32.to_be_bytes());
+        assert!(matches!(
+            r.next_frame(),
+            Err(LinkError::FrameTooLarge {
+                len: 1000,
+                max: 100
+            })
+        ));
+        r.push(&marked_framed(&[b"ok"]));
+        assert!(matches!(r.next_frame(), Err(LinkError::Corrupt(_))));
     }
 }

@@ -32,6 +32,10 @@ pub struct NodeConfig {
     pub discovery_settle: Duration,
     /// While a link to a named receiver is down, look for it again this often.
     pub rediscover_interval: Duration,
+    /// With every link to a named receiver up, still look for new paths to it
+    /// this often (a transfer that started on Bluetooth gains Wi-Fi or a USB
+    /// cable when it appears). Zero turns it off.
+    pub grow_interval: Duration,
     /// Receiver: what to do when a name that lands is taken.
     pub on_conflict: crate::dirtree::Conflict,
 }
@@ -52,6 +56,7 @@ impl Default for NodeConfig {
             discovery_window: Duration::from_secs(3),
             discovery_settle: Duration::from_millis(300),
             rediscover_interval: Duration::from_secs(5),
+            grow_interval: Duration::from_secs(15),
             on_conflict: crate::dirtree::Conflict::Rename,
         }
     }

@@ -4,17 +4,25 @@ use std::sync::Arc;
 
 use gateway_link::Registry;
 
-/// Transports planned but not in this build, for `gateway links`.
+/// Transports not in this build, and why, for `gateway links`.
+#[cfg(feature = "bluetooth")]
+pub const NOT_BUILT: &[(&str, &str)] =
+    &[("ble", "Bluetooth Low Energy — driver not in this build yet")];
+/// Transports not in this build, and why, for `gateway links`.
+#[cfg(not(feature = "bluetooth"))]
 pub const NOT_BUILT: &[(&str, &str)] = &[
     (
         "rfcomm",
-        "Bluetooth RFCOMM via BlueZ — driver not in this build yet",
+        "Bluetooth RFCOMM — built without the `bluetooth` feature (rebuild with default features)",
     ),
     (
         "l2cap",
-        "Bluetooth L2CAP via BlueZ — driver not in this build yet",
+        "Bluetooth L2CAP — built without the `bluetooth` feature (rebuild with default features)",
     ),
-    ("ble", "Bluetooth Low Energy — driver not in this build yet"),
+    (
+        "ble",
+        "Bluetooth Low Energy — built without the `bluetooth` feature (rebuild with default features)",
+    ),
 ];
 
 /// A registry with every driver of this build (mock links are always there).
@@ -23,5 +31,10 @@ pub fn default_registry() -> Registry {
     reg.register(Arc::new(gateway_tcp::TcpDriver));
     reg.register(Arc::new(gateway_serial::SerialDriver::new()));
     reg.register(Arc::new(gateway_usb::UsbDriver::new()));
+    #[cfg(feature = "bluetooth")]
+    {
+        reg.register(Arc::new(gateway_bluez::RfcommDriver));
+        reg.register(Arc::new(gateway_bluez::L2capDriver));
+    }
     reg
 }

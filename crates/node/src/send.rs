@@ -536,6 +536,9 @@ pub async fn send(
     let mut verify_started: Option<Instant> = None;
     let mut looking = false;
     let mut last_look: Option<Instant> = None;
+    // The route was just resolved: the first look for new paths is due one
+    // `grow_interval` from now.
+    let resolved_at = Instant::now();
     let outcome: Result<(), NodeError> = loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -775,10 +778,18 @@ pub async fn send(
         }
         // A named receiver with links down: look for it again (its
         // address may have moved), at most every `rediscover_interval`.
+        // With every link up, look anyway every `grow_interval`: a faster
+        // path (Wi-Fi found by mDNS, a USB cable) joins as it appears.
+        let some_down = shared.engine().links_up() < slots.iter().filter(|s| !s.retired).count();
+        let due = if some_down {
+            last_look.is_none_or(|t| now.duration_since(t) >= cfg.rediscover_interval)
+        } else {
+            !cfg.grow_interval.is_zero()
+                && now.duration_since(last_look.unwrap_or(resolved_at)) >= cfg.grow_interval
+        };
         if let Some(lk) = &opts.lookup
             && !looking
-            && shared.engine().links_up() < slots.iter().filter(|s| !s.retired).count()
-            && last_look.is_none_or(|t| now.duration_since(t) >= cfg.rediscover_interval)
+            && due
         {
             looking = true;
             last_look = Some(now);

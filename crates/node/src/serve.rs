@@ -233,6 +233,17 @@ fn advertise(state: &NodeState, local: &[String]) -> Result<gateway_discovery::A
         node_type: state.node_type.clone(),
         version: wire::PROTOCOL_VERSION,
         links: kinds,
+        // Bluetooth paths as the Hello names them now (adapters that are up).
+        bt: wire::hello(state, local)
+            .links
+            .into_iter()
+            .filter(|l| {
+                ["rfcomm:", "l2cap:", "ble:"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .take(gateway_discovery::txt::MAX_BT_SELECTORS)
+            .collect(),
     };
     gateway_discovery::Advertiser::start(&advert, tcp.port(), tcp.ip()).map_err(|e| e.to_string())
 }

@@ -83,6 +83,7 @@ impl NodeState {
             node_type: node_type.clone(),
             version: crate::wire::PROTOCOL_VERSION,
             links: Vec::new(),
+            bt: Vec::new(),
         };
         check.to_txt().map_err(|e| {
             NodeError::Other(format!(

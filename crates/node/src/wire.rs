@@ -121,7 +121,8 @@ fn bounded(mut v: Vec<String>) -> Vec<String> {
 /// The selectors a peer can dial for our listeners: an unspecified TCP
 /// address (0.0.0.0 / [::]) becomes one selector per interface that is up
 /// (its IPv4 address, else a global IPv6 one), so a Hello names every path
-/// to this node as it is now; other selectors are kept as they are.
+/// to this node as it is now; a Bluetooth listener on `any` becomes one
+/// selector per adapter that is up; other selectors are kept as they are.
 fn dialable_links(
     listening: &[String],
     ifs: &[gateway_discovery::local::Interface],
@@ -139,6 +140,8 @@ fn dialable_links(
                     .map(|ip| format!("tcp:{}", std::net::SocketAddr::new(ip, a.port())))
                     .collect::<Vec<_>>()
             });
+        #[cfg(feature = "bluetooth")]
+        let expanded = expanded.or_else(|| gateway_bluez::dialable(sel));
         match expanded {
             Some(list) => out.extend(list),
             // In-process links and point-to-point lines (a serial device

@@ -145,6 +145,7 @@ async fn a_txt_record_that_lies_about_the_node_id_is_flagged_not_used() {
             node_type: "server".into(),
             version: 1,
             links: vec!["tcp".into()],
+            bt: Vec::new(),
         },
         port_of(&h),
         "0.0.0.0".parse().unwrap(),
