@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Bluetooth bring-up for the virtual rig, as shell functions: source this file
 # (bash, as root, inside the rig's qemu guest or any machine with hci_vhci)
 # and call bt_up. Used by rig-guest-bt.sh; meant for any other guest script
@@ -136,9 +137,18 @@ bt_agent() {
   bt_err "agent did not register ($(tail -n 3 "$BT_LOG_DIR/agent.log"))"
 }
 
-# Everything: sets BT_ADDR0, BT_ADDR1.
+# btmon's capture of every controller into $BT_LOG_DIR/btmon.snoop (read it
+# with `btmon -r FILE`), for a link that drops.
+bt_btmon() {
+  mkdir -p "$BT_LOG_DIR"
+  btmon -w "$BT_LOG_DIR/btmon.snoop" > /dev/null 2>&1 &
+  BT_PIDS+=("$!")
+}
+
+# Everything: sets BT_ADDR0, BT_ADDR1. BT_BTMON=1 also captures HCI traffic.
 bt_up() {
   bt_modules || return 1
+  [ "${BT_BTMON:-0}" = 1 ] && bt_btmon
   bt_btvirt || return 1
   bt_ready 0 || return 1
   bt_ready 1 || return 1

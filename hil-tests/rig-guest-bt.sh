@@ -24,18 +24,28 @@ HERE=$(dirname "$0")
 RAW=${RAW:-$(dirname "$GW")/examples/bt_raw}
 FAILS=()
 fail_step() { say "FAIL: $*"; FAILS+=("$*"); }
+# Stop a background process without waiting for ever on one stuck in the
+# kernel (a Bluetooth socket close can hang): TERM, 5 s, KILL, 5 s, give up.
+stop() {
+  local p=$1
+  kill "$p" 2> /dev/null
+  for _ in $(seq 50); do kill -0 "$p" 2> /dev/null || { wait "$p" 2> /dev/null; return 0; }; sleep 0.1; done
+  kill -9 "$p" 2> /dev/null
+  for _ in $(seq 50); do kill -0 "$p" 2> /dev/null || { wait "$p" 2> /dev/null; return 0; }; sleep 0.1; done
+  say "process $p did not die (stuck in the kernel?): $(cat /proc/"$p"/wchan 2> /dev/null)"
+}
 STEPS=11
 STEP=0
 step() { STEP=$((STEP + 1)); say "step $STEP/$STEPS: $*"; }
 T_START=$(now)
-GATEWAY_BT=${GATEWAY_BT:-auto} BT_BOTH=${BT_BOTH:-1} BLE=${BLE:-0} SIZE_BLE=${SIZE_BLE:-256K}
+GATEWAY_BT=${GATEWAY_BT:-auto} BT_BOTH=${BT_BOTH:-1} BLE=${BLE:-0} SIZE_BLE=${SIZE_BLE:-256K} SIZE_LE=${SIZE_LE:-4M}
 
 say "kernel $(uname -r), up ${t_boot}s; gateway $GW"
 [ -x "$RAW" ] || { say "FAIL: no raw loop binary at $RAW (cargo build --release -p gateway-bluez --example bt_raw)"; exit 1; }
 ip link set lo up
 # shellcheck source=rig-bt-lib.sh
+export BT_LOG_DIR=/tmp/bt
 . "$HERE/rig-bt-lib.sh"
-BT_LOG_DIR=/tmp/bt
 bt_up || { say "FAIL: Bluetooth bring-up (logs: $(tail -n 5 /tmp/bt/*.log 2>&1 | tr '\n' ' '))"; cp /tmp/bt/*.log /out/ 2> /dev/null; exit 1; }
 t_bt=$(cut -d' ' -f1 /proc/uptime)
 say "Bluetooth ready at ${t_bt}s: hci0 $BT_ADDR0, hci1 $BT_ADDR1"
@@ -45,8 +55,11 @@ echo "hci0 $BT_ADDR0" > /out/bt-addrs; echo "hci1 $BT_ADDR1" >> /out/bt-addrs
 
 BYTES=$(numfmt --from=iec "${SIZE%iB}")
 BYTES_BLE=$(numfmt --from=iec "${SIZE_BLE%iB}")
+# An LE credit-based channel moves ~0.2 MB/s here: a smaller file (SIZE_LE).
+BYTES_LE=$(numfmt --from=iec "${SIZE_LE%iB}")
 W=/tmp/w; mkdir -p "$W"
 head -c "$BYTES" /dev/urandom > "$W/src.bin"
+head -c "$BYTES_LE" /dev/urandom > "$W/le.bin"
 SHA=$(sha256sum < "$W/src.bin" | cut -d' ' -f1)
 export RUST_LOG=${BT_RUST_LOG:-gateway_bluez=debug,gateway_node=info,warn}
 # Bluetooth here moves ~1-2 MB/s raw: allow 120 s plus 4 s per MB.
@@ -61,10 +74,10 @@ raw() {
   while [ "$1" != -- ]; do largs+=("$1"); shift; done
   shift
   sargs=("$@")
-  timeout 300 "$RAW" "$proto" listen "${largs[@]}" --bytes "$n" > "$W/raw-$tag.recv" 2> "$W/raw-$tag.recv.err" &
+  timeout -k 5 150 "$RAW" "$proto" listen "${largs[@]}" --bytes "$n" > "$W/raw-$tag.recv" 2> "$W/raw-$tag.recv.err" &
   lp=$!
   sleep 0.5
-  out=$(timeout 300 "$RAW" "$proto" send "${sargs[@]}" --bytes "$n" 2> "$W/raw-$tag.send.err") || grc=$?
+  out=$(timeout -k 5 150 "$RAW" "$proto" send "${sargs[@]}" --bytes "$n" 2> "$W/raw-$tag.send.err") || grc=$?
   wait "$lp" || lrc=$?
   RAW_MBS=$(sed -n 's/.*"mb_s":\([0-9.]*\).*/\1/p' "$W/raw-$tag.recv")
   RAW_SECS=$(sed -n 's/.*"secs":\([0-9.]*\).*/\1/p' "$W/raw-$tag.recv")
@@ -81,7 +94,7 @@ raw() {
 # powered off, on again when the send is over; tcp: tc drops port 7411 on
 # lo, removed when the send is over). Sets GW_MBS, GW_OK, GW_JSON.
 gw() {
-  local tag=$1 d=$W/gw-$1 spid t0 t1 grc=0 got listen=() to=() cpid= n=$BYTES src=$W/src.bin sha=$SHA
+  local tag=$1 d=$W/gw-$1 spid t0 t1 grc=0 got listen=() to=() cpid='' n=$BYTES src=$W/src.bin sha=$SHA
   shift
   [ "${GW_FILE:-}" ] && { src=$GW_FILE n=$(stat -c %s "$src") sha=$(sha256sum < "$src" | cut -d' ' -f1); }
   while [ "$1" != -- ]; do listen+=(--listen "$1"); shift; done
@@ -103,17 +116,18 @@ gw() {
       esac ) > "$d/cut.log" 2>&1 &
     cpid=$!
   fi
-  timeout "$SEND_TIMEOUT" "$GW" --trust any --state "$d/st-send" send "$src" "${to[@]}" --json --no-mdns \
+  timeout -k 10 "$SEND_TIMEOUT" "$GW" --trust any --state "$d/st-send" send "$src" "${to[@]}" --json --no-mdns \
     > "$d/send.out" 2> "$d/send.err" || grc=$?
   t1=$(now)
   if [ -n "$cpid" ]; then
-    wait "$cpid"
+    # A send that ended before a quarter landed: no cut any more.
+    kill "$cpid" 2> /dev/null; wait "$cpid" 2> /dev/null
     case $CUT in
       bt) bt_ready 1 >> "$d/cut.log" 2>&1 && echo "hci1 on again at $(now)" >> "$d/cut.log" ;;
       tcp) tcp_restore; echo "tcp restored at $(now)" >> "$d/cut.log" ;;
     esac
   fi
-  kill "$spid" 2> /dev/null; wait "$spid" 2> /dev/null
+  stop "$spid"
   got=$(sha256sum < "$d/recv/$(basename "$src")" 2> /dev/null | cut -d' ' -f1)
   GW_OK=$([ "$got" = "$sha" ] && [ "$grc" = 0 ] && echo ok || echo "FAIL(rc=$grc)")
   GW_MBS=$(mbs "$n" "$(secs "$t0" "$t1")")
@@ -140,7 +154,7 @@ sys.exit(0 if ok else 1)' "$@" 2>&1
 
 RAW_RF=0 RAW_L2=0 RAW_LE=0 GW_RF=0 GW_L2=0 GW_LE=0 GW_TCP=0
 OK_RF=skipped OK_L2=skipped OK_LE=skipped OK_TCP=skipped OK_BOTH=skipped OK_CUTBT=skipped OK_CUTTCP=skipped OK_BLE=skipped
-BOTH= CUTBT= CUTTCP= BOTH_JSON='{}' CUTBT_JSON='{}' CUTTCP_JSON='{}'
+BOTH='' CUTBT='' CUTTCP='' BOTH_JSON='{}' CUTBT_JSON='{}' CUTTCP_JSON='{}'
 
 step "raw RFCOMM hci0 -> hci1 (bt_raw, $BYTES bytes, channel 24)"
 raw rfcomm rfcomm "$BYTES" --addr "$BT_ADDR1" --channel 24 -- "$BT_ADDR1" --channel 24 --from "$BT_ADDR0"
@@ -148,9 +162,9 @@ RAW_RF=$RAW_MBS RAW_RF_S=$RAW_SECS
 step "raw L2CAP BR/EDR SEQPACKET hci0 -> hci1 (bt_raw, $BYTES bytes, PSM 0x1047, writes of the send MTU)"
 raw l2cap l2cap "$BYTES" --addr "$BT_ADDR1" --psm 4167 -- "$BT_ADDR1" --psm 4167 --from "$BT_ADDR0"
 RAW_L2=$RAW_MBS RAW_L2_S=$RAW_SECS
-step "raw L2CAP LE credit-based hci0 -> hci1 (bt_raw --le public, $BYTES bytes, PSM 0x87; hci1 advertising)"
+step "raw L2CAP LE credit-based hci0 -> hci1 (bt_raw --le public, $BYTES_LE bytes, PSM 0x87; hci1 advertising)"
 bt_le_adv 1 on
-raw l2cap l2cap-le "$BYTES" --addr "$BT_ADDR1" --psm 135 --le public -- "$BT_ADDR1" --psm 135 --le public --from "$BT_ADDR0"
+raw l2cap l2cap-le "$BYTES_LE" --addr "$BT_ADDR1" --psm 135 --le public -- "$BT_ADDR1" --psm 135 --le public --from "$BT_ADDR0"
 RAW_LE=$RAW_MBS RAW_LE_S=$RAW_SECS
 bt_le_adv 1 off
 
@@ -165,9 +179,9 @@ if [ "$GATEWAY_BT" = 1 ]; then
   gw rfcomm "rfcomm:$BT_ADDR1/24" -- "rfcomm:$BT_ADDR1/24"; GW_RF=$GW_MBS OK_RF=$GW_OK
   step "gateway L2CAP hci0 -> hci1: serve --listen l2cap:$BT_ADDR1/4167, send --to l2cap:$BT_ADDR1/4167"
   gw l2cap "l2cap:$BT_ADDR1/4167" -- "l2cap:$BT_ADDR1/4167"; GW_L2=$GW_MBS OK_L2=$GW_OK
-  step "gateway L2CAP LE hci0 -> hci1: serve --listen l2cap:any/135?le=public, send --to l2cap:$BT_ADDR1/135?le=public"
+  step "gateway L2CAP LE hci0 -> hci1 ($BYTES_LE bytes): serve --listen l2cap:any/135?le=public, send --to l2cap:$BT_ADDR1/135?le=public"
   bt_le_adv 1 on
-  gw l2cap-le "l2cap:any/135?le=public" -- "l2cap:$BT_ADDR1/135?le=public"; GW_LE=$GW_MBS OK_LE=$GW_OK
+  GW_FILE=$W/le.bin gw l2cap-le "l2cap:any/135?le=public" -- "l2cap:$BT_ADDR1/135?le=public"; GW_LE=$GW_MBS OK_LE=$GW_OK
   bt_le_adv 1 off
   step "gateway over TCP on the guest's loopback alone (its CPU ceiling here)"
   gw tcp-loopback tcp:127.0.0.1:7412 -- tcp:127.0.0.1:7412; GW_TCP=$GW_MBS OK_TCP=$GW_OK
@@ -204,7 +218,7 @@ fi
 if [ "$BLE" = 1 ]; then
   step "gateway BLE hci0 -> hci1: serve --listen ble:, send --to ble:$BT_ADDR1 ($BYTES_BLE bytes)"
   head -c "$BYTES_BLE" /dev/urandom > "$W/ble.bin"
-  GW_FILE=$W/ble.bin gw ble "ble:" -- "ble:$BT_ADDR1"; GW_BLE=$GW_MBS OK_BLE=$GW_OK
+  GW_FILE=$W/ble.bin gw ble "ble:" -- "ble:$BT_ADDR1"; OK_BLE="$GW_OK ($GW_MBS MB/s)"
 else
   step "gateway BLE: skipped (BLE=1 runs it)"
 fi
@@ -216,7 +230,7 @@ T_BT=$(secs "$T_START" "$(now)")
   printf '%-26s %10s %10s %6s %12s %s\n' path raw_MB/s gw_MB/s gw/raw gw/gw-tcp-lo gateway
   printf '%-26s %10s %10s %6s %12s %s\n' "RFCOMM ch 24" "$RAW_RF" "$GW_RF" "$(ratio "$GW_RF" "$RAW_RF")" "$(ratio "$GW_RF" "$GW_TCP")" "$OK_RF"
   printf '%-26s %10s %10s %6s %12s %s\n' "L2CAP BR/EDR PSM 0x1047" "$RAW_L2" "$GW_L2" "$(ratio "$GW_L2" "$RAW_L2")" "$(ratio "$GW_L2" "$GW_TCP")" "$OK_L2"
-  printf '%-26s %10s %10s %6s %12s %s\n' "L2CAP LE CoC PSM 0x87" "$RAW_LE" "$GW_LE" "$(ratio "$GW_LE" "$RAW_LE")" "$(ratio "$GW_LE" "$GW_TCP")" "$OK_LE"
+  printf '%-26s %10s %10s %6s %12s %s\n' "L2CAP LE CoC PSM 0x87 ($SIZE_LE)" "$RAW_LE" "$GW_LE" "$(ratio "$GW_LE" "$RAW_LE")" "$(ratio "$GW_LE" "$GW_TCP")" "$OK_LE"
   echo "gateway over TCP on the guest's loopback (its CPU ceiling under TCG): $GW_TCP MB/s ($OK_TCP)"
   echo "BT + TCP at once ($BT_SEL): $OK_BOTH ($BOTH)"
   echo "BT cut mid-transfer (hci1 off): $OK_CUTBT ($CUTBT); TCP cut mid-transfer: $OK_CUTTCP ($CUTTCP)"
@@ -225,7 +239,7 @@ T_BT=$(secs "$T_START" "$(now)")
 } > /out/result.txt
 python3 - "$SIZE" "$BYTES" "$BT_ADDR0" "$BT_ADDR1" \
   "$RAW_RF" "${RAW_RF_S:-0}" "$GW_RF" "$OK_RF" "$RAW_L2" "${RAW_L2_S:-0}" "$GW_L2" "$OK_L2" "$RAW_LE" "${RAW_LE_S:-0}" "$GW_LE" "$OK_LE" \
-  "$GW_TCP" "$OK_TCP" "$OK_BOTH" "$BOTH_JSON" "$OK_CUTBT" "$CUTBT_JSON" "$OK_CUTTCP" "$CUTTCP_JSON" "$OK_BLE" "${FAILS[*]:-}" <<'PY' || fail_step "writing result.json"
+  "$GW_TCP" "$OK_TCP" "$OK_BOTH" "$BOTH_JSON" "$OK_CUTBT" "$CUTBT_JSON" "$OK_CUTTCP" "$CUTTCP_JSON" "$OK_BLE" "${FAILS[*]:-}" "$SIZE_LE" <<'PY' || fail_step "writing result.json"
 import json, sys
 a = sys.argv[1:]
 (size, n, addr0, addr1) = a[:4]
@@ -239,7 +253,7 @@ def leg(raw, raw_s, gw, ok):
     r, g = num(raw), num(gw)
     return {"raw_mb_s": r, "raw_secs": num(raw_s), "gateway_mb_s": g if ok != "skipped" else None,
             "gateway_over_raw": g / r if r and g and ok != "skipped" else None, "status": ok}
-doc = {"rig": "bt", "size": size, "bytes": int(n), "hci0": addr0, "hci1": addr1,
+doc = {"rig": "bt", "size": size, "bytes": int(n), "size_le": a[26], "hci0": addr0, "hci1": addr1,
        "rfcomm": leg(*a[4:8]), "l2cap": leg(*a[8:12]), "l2cap_le": leg(*a[12:16]),
        "gateway_tcp_loopback": {"mb_s": num(a[16]), "status": a[17]},
        "bt_and_tcp": {"status": a[18], "send_json": js(a[19])},
@@ -249,6 +263,7 @@ doc = {"rig": "bt", "size": size, "bytes": int(n), "hci0": addr0, "hci1": addr1,
 with open("/out/result.json", "w") as f: json.dump(doc, f, indent=1)
 PY
 cp /tmp/bt/*.log /out/ 2> /dev/null
+dmesg > /out/dmesg.txt
 bt_down
 [ "${#FAILS[@]}" = 0 ] || { say "${#FAILS[@]} failed in ${T_BT}s: ${FAILS[*]}"; exit 1; }
 say "all passed in ${T_BT}s"

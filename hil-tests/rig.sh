@@ -32,7 +32,8 @@
 #      serial leg), FFS=0 (no FunctionFS part), SERIAL_CONFORMANCE=0 (no
 #      serial conformance suite over the ACM pair), QEMU_CPU (default max);
 #      bt only: GATEWAY_BT=0 (raw loops only), BT_BOTH=0 (no BT + TCP part),
-#      BLE=1 (the BLE step), SIZE_BLE (default 256K).
+#      BLE=1 (the BLE step), SIZE_BLE (default 256K), SIZE_LE (the LE
+#      credit-based channel's file; default 4M), BT_RUST_LOG.
 # First run downloads into $RIG_CACHE: the Debian kernel package that
 # linux-image-amd64 depends on (apt-get download, dpkg -x, depmod -b) and
 # busybox-static; it apt-get installs qemu-system-x86, kmod and cpio if missing
@@ -98,7 +99,7 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]: print(m["executable"])' "$2"
 }
-HIL_SERIAL_TEST= HIL_USB_TEST=
+HIL_SERIAL_TEST='' HIL_USB_TEST=''
 if [ "$MODE" = usb ]; then
   HIL_SERIAL_TEST=$(test_exe gateway-serial serial)
   [ -x "$HIL_SERIAL_TEST" ] || die "could not build the serial test binary (cargo test --release --no-run -p gateway-serial --test serial)"
@@ -193,6 +194,8 @@ GATEWAY_BT=${GATEWAY_BT:-1}
 BT_BOTH=${BT_BOTH:-1}
 BLE=${BLE:-0}
 SIZE_BLE=${SIZE_BLE:-256K}
+SIZE_LE=${SIZE_LE:-4M}
+BT_RUST_LOG=${BT_RUST_LOG:-}
 EOF
 BYTES=$(numfmt --from=iec "${SIZE%iB}")
 MEM=${MEM:-$((1024 + 4 * BYTES / 1048576))}
