@@ -33,8 +33,9 @@ bt_modules() {
 }
 
 # btmgmt quits before the kernel answers when stdin is not a terminal, and
-# then `power on` may not apply: give it one (HIL-RIG.md).
-bt_mgmt() { script -qec "btmgmt $*" /dev/null < /dev/null | tr -d '\r'; }
+# then `power on` may not apply: give it one (HIL-RIG.md). (Its input must
+# end: with an open one btmgmt stays interactive and never exits.)
+bt_mgmt() { script -qec "timeout 20 btmgmt $*" /dev/null < /dev/null | tr -d '\r'; }
 
 # bt_addr INDEX -> the controller's BD address
 bt_addr() { bt_mgmt --index "$1" info | awk '$1 == "addr" {print $2; exit}'; }
@@ -60,15 +61,15 @@ bt_btvirt() {
 bt_power() {
   local i
   bt_mgmt --index "$1" power "$2" > /dev/null
-  for i in $(seq 30); do
+  for i in $(seq 40); do
     case " $(bt_settings "$1") " in
       *" powered "*) [ "$2" = on ] && return 0 ;;
       *) [ "$2" = off ] && return 0 ;;
     esac
     bt_mgmt --index "$1" power "$2" > /dev/null
-    sleep 0.2
+    sleep 0.5
   done
-  bt_err "hci$1: power $2 did not apply ($(bt_settings "$1"))"
+  bt_err "hci$1: power $2 did not apply; btmgmt info: $(bt_mgmt --index "$1" info 2>&1 | tr '\n' ' ')"
 }
 
 # bt_ready INDEX: powered, connectable, bondable, SSP on (just-works pairing
