@@ -4,6 +4,7 @@
 #
 #   hil-tests/rig.sh usb            # SIZE=16M; CDC-ACM pair from dummy_hcd + libcomposite
 #   SIZE=256M SKIP_BUILD=1 hil-tests/rig.sh usb
+#   hil-tests/rig.sh bt             # SIZE=16M; hci0 + hci1 from hci_vhci + btvirt -l2
 #
 # usb: one guest holds both ends of a USB link: dummy_hcd num=2 + a configfs
 # gadget with one ACM function bound to dummy_udc.0, so /dev/ttyGS0 is the
@@ -16,23 +17,36 @@
 # unbind/rebind mid-transfer, USB + TCP at once. Exit 0 only if every step
 # and every hash passed.
 #
+# bt: one guest holds both ends of a Bluetooth link (rig-guest-bt.sh, the
+# bring-up in rig-bt-lib.sh): hci_vhci + `btvirt -l2` (hci0 and hci1 on one
+# virtual radio), powered and connectable via btmgmt, dbus-daemon --system,
+# bluetoothd (JustWorksRepairing = always) and an auto-accepting agent. The
+# raw socket loop (drivers/bluez/examples/bt_raw) over RFCOMM and L2CAP
+# hci0 -> hci1, then gateway over rfcomm:/l2cap: (GATEWAY_BT=0 skips),
+# BT + TCP at once with each link cut in turn, and a BLE stub (SIZE_BLE).
+#
 # env: SIZE (default 16M, `head -c` units), SKIP_BUILD=1, GW (gateway binary;
 #      default $CARGO_TARGET_DIR/release/gateway), MEM (guest MiB, default
-#      SIZE-based), TIMEOUT (s for the whole guest run; default 900),
+#      SIZE-based), TIMEOUT (s for the whole guest run; default 900, bt 1500),
 #      RIG_CACHE (default target/hil-rig), REVERSE=0 (no gadget -> host
 #      serial leg), FFS=0 (no FunctionFS part), SERIAL_CONFORMANCE=0 (no
-#      serial conformance suite over the ACM pair), QEMU_CPU (default max).
+#      serial conformance suite over the ACM pair), QEMU_CPU (default max);
+#      bt only: GATEWAY_BT=0 (raw loops only), BT_BOTH=0 (no BT + TCP part),
+#      BLE=1 (the BLE step), SIZE_BLE (default 256K), SIZE_LE (the LE
+#      credit-based channel's file; default 4M), BT_RUST_LOG.
 # First run downloads into $RIG_CACHE: the Debian kernel package that
 # linux-image-amd64 depends on (apt-get download, dpkg -x, depmod -b) and
-# busybox-static; it apt-get installs qemu-system-x86, kmod and cpio if missing.
+# busybox-static; it apt-get installs qemu-system-x86, kmod and cpio if missing
+# (bt: also bluez, bluez-test-tools, dbus, python3-dbus, python3-gi, iproute2).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 MODE=${1:-}
-[ "$MODE" = usb ] || { echo "usage: $0 usb" >&2; exit 2; }
+case $MODE in usb | bt) ;; *) echo "usage: $0 usb|bt" >&2; exit 2 ;; esac
 CACHE=${RIG_CACHE:-$ROOT/target/hil-rig}
 SIZE=${SIZE:-16M}
-TIMEOUT=${TIMEOUT:-900}
+# bt moves 1-2 MB/s and cuts links mid-transfer: allow it longer.
+TIMEOUT=${TIMEOUT:-$([ "$MODE" = bt ] && echo 1500 || echo 900)}
 log() { echo "rig: $*" >&2; }
 die() { echo "rig: error: $*" >&2; exit 1; }
 # The rig could not be set up here (no package, no download): exit 3, which
@@ -44,6 +58,17 @@ missing=()
 command -v qemu-system-x86_64 > /dev/null || missing+=(qemu-system-x86)
 command -v depmod > /dev/null || missing+=(kmod)   # depmod here; modprobe in the guest (host's /)
 command -v cpio > /dev/null || missing+=(cpio)
+if [ "$MODE" = bt ]; then
+  # The guest runs the host's binaries: btvirt, btmgmt, bluetoothd,
+  # dbus-daemon, tc, and the agent on Debian's python3 (with dbus and gi).
+  [ -x /usr/libexec/bluetooth/bluetoothd ] && command -v btmgmt > /dev/null || missing+=(bluez)
+  command -v btvirt > /dev/null || missing+=(bluez-test-tools)
+  command -v dbus-daemon > /dev/null || missing+=(dbus)
+  /usr/bin/python3 -c 'import dbus' 2> /dev/null || missing+=(python3-dbus)
+  /usr/bin/python3 -c 'import gi' 2> /dev/null || missing+=(python3-gi)
+  command -v tc > /dev/null || missing+=(iproute2)
+  command -v script > /dev/null || missing+=(bsdutils)
+fi
 if [ "${#missing[@]}" -gt 0 ]; then
   log "installing ${missing[*]} with apt"
   apt-cache policy qemu-system-x86 2> /dev/null | grep -q Candidate: || apt-get update -qq > /dev/null 2>&1 || true
@@ -56,7 +81,11 @@ export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 GW=${GW:-$CARGO_TARGET_DIR/release/gateway}
 if [ "${SKIP_BUILD:-}" != 1 ]; then
   log "cargo build --release -p gateway (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
-  (cd "$ROOT" && cargo build --release -p gateway -q && cargo build --release -p gateway-usb --example usb_raw -q) || die "build failed"
+  if [ "$MODE" = usb ]; then
+    (cd "$ROOT" && cargo build --release -p gateway -q && cargo build --release -p gateway-usb --example usb_raw -q) || die "build failed"
+  else
+    (cd "$ROOT" && cargo build --release -p gateway -q && cargo build --release -p gateway-bluez --example bt_raw -q) || die "build failed"
+  fi
 fi
 [ -x "$GW" ] || die "no gateway binary at $GW"
 GW=$(readlink -f "$GW")
@@ -70,10 +99,13 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]: print(m["executable"])' "$2"
 }
-HIL_SERIAL_TEST=$(test_exe gateway-serial serial)
-[ -x "$HIL_SERIAL_TEST" ] || die "could not build the serial test binary (cargo test --release --no-run -p gateway-serial --test serial)"
-HIL_USB_TEST=$(test_exe gateway-usb hil)
-[ -x "$HIL_USB_TEST" ] || die "could not build the USB test binary (cargo test --release --no-run -p gateway-usb --test hil)"
+HIL_SERIAL_TEST='' HIL_USB_TEST=''
+if [ "$MODE" = usb ]; then
+  HIL_SERIAL_TEST=$(test_exe gateway-serial serial)
+  [ -x "$HIL_SERIAL_TEST" ] || die "could not build the serial test binary (cargo test --release --no-run -p gateway-serial --test serial)"
+  HIL_USB_TEST=$(test_exe gateway-usb hil)
+  [ -x "$HIL_USB_TEST" ] || die "could not build the USB test binary (cargo test --release --no-run -p gateway-usb --test hil)"
+fi
 
 # ---------- kernel, busybox (cached) ----------
 # The guest mounts fresh tmpfs on /run: what it reads from the host
@@ -158,6 +190,12 @@ FFS=${FFS:-1}
 HIL_SERIAL_TEST=$HIL_SERIAL_TEST
 SERIAL_CONFORMANCE=${SERIAL_CONFORMANCE:-1}
 HIL_USB_TEST=$HIL_USB_TEST
+GATEWAY_BT=${GATEWAY_BT:-1}
+BT_BOTH=${BT_BOTH:-1}
+BLE=${BLE:-0}
+SIZE_BLE=${SIZE_BLE:-256K}
+SIZE_LE=${SIZE_LE:-4M}
+BT_RUST_LOG=${BT_RUST_LOG:-}
 EOF
 BYTES=$(numfmt --from=iec "${SIZE%iB}")
 MEM=${MEM:-$((1024 + 4 * BYTES / 1048576))}
