@@ -39,7 +39,7 @@ STEPS=11
 STEP=0
 step() { STEP=$((STEP + 1)); say "step $STEP/$STEPS: $*"; }
 T_START=$(now)
-GATEWAY_BT=${GATEWAY_BT:-auto} BT_BOTH=${BT_BOTH:-1} BLE=${BLE:-0} SIZE_BLE=${SIZE_BLE:-256K} SIZE_LE=${SIZE_LE:-4M}
+GATEWAY_BT=${GATEWAY_BT:-auto} BT_BOTH=${BT_BOTH:-1} BLE=${BLE:-1} SIZE_BLE=${SIZE_BLE:-256K} SIZE_LE=${SIZE_LE:-4M}
 
 say "kernel $(uname -r), up ${t_boot}s; gateway $GW"
 [ -x "$RAW" ] || { say "FAIL: no raw loop binary at $RAW (cargo build --release -p gateway-bluez --example bt_raw)"; exit 1; }
@@ -175,9 +175,9 @@ fi
 if [ "$GATEWAY_BT" = 1 ]; then
   "$GW" links 2>&1 | grep -iE '^(rfcomm|l2cap|ble|bt)' | sed 's/^/guest: [bt] links: /'
   step "gateway RFCOMM hci0 -> hci1: serve --listen rfcomm:$BT_ADDR1/24, send --to rfcomm:$BT_ADDR1/24"
-  gw rfcomm "rfcomm:$BT_ADDR1/24" -- "rfcomm:$BT_ADDR1/24"; GW_RF=$GW_MBS OK_RF=$GW_OK
+  gw rfcomm "rfcomm:$BT_ADDR1/24" -- "rfcomm:$BT_ADDR1/24?from=$BT_ADDR0"; GW_RF=$GW_MBS OK_RF=$GW_OK
   step "gateway L2CAP hci0 -> hci1: serve --listen l2cap:$BT_ADDR1/4167, send --to l2cap:$BT_ADDR1/4167"
-  gw l2cap "l2cap:$BT_ADDR1/4167" -- "l2cap:$BT_ADDR1/4167"; GW_L2=$GW_MBS OK_L2=$GW_OK
+  gw l2cap "l2cap:$BT_ADDR1/4167" -- "l2cap:$BT_ADDR1/4167?from=$BT_ADDR0"; GW_L2=$GW_MBS OK_L2=$GW_OK
   step "gateway over TCP on the guest's loopback alone (its CPU ceiling here)"
   gw tcp-loopback tcp:127.0.0.1:7412 -- tcp:127.0.0.1:7412; GW_TCP=$GW_MBS OK_TCP=$GW_OK
 else
@@ -185,8 +185,8 @@ else
 fi
 
 # BT + TCP at once, then each link cut in turn mid-transfer.
-BT_SEL=${BT_SEL:-rfcomm:$BT_ADDR1/24}
-BT_LISTEN=${BT_LISTEN:-$BT_SEL}
+BT_SEL=${BT_SEL:-rfcomm:$BT_ADDR1/24?from=$BT_ADDR0}
+BT_LISTEN=${BT_LISTEN:-rfcomm:$BT_ADDR1/24}
 if [ "$GATEWAY_BT" = 1 ] && [ "$BT_BOTH" = 1 ]; then
   step "gateway BT + TCP at once: send --to $BT_SEL --to tcp:127.0.0.1:7411 (both must carry bytes)"
   gw bt-and-tcp "$BT_LISTEN" tcp:127.0.0.1:7411 -- "$BT_SEL" tcp:127.0.0.1:7411; OK_BOTH=$GW_OK BOTH_JSON=$GW_JSON
@@ -217,20 +217,19 @@ bt_le_adv 1 off
 if [ "$GATEWAY_BT" = 1 ]; then
   step "gateway L2CAP LE hci0 -> hci1 ($BYTES_LE bytes): serve --listen l2cap:any/135?le=public, send --to l2cap:$BT_ADDR1/135?le=public"
   bt_le_adv 1 on
-  GW_FILE=$W/le.bin gw l2cap-le "l2cap:any/135?le=public" -- "l2cap:$BT_ADDR1/135?le=public"; GW_LE=$GW_MBS OK_LE=$GW_OK
+  GW_FILE=$W/le.bin gw l2cap-le "l2cap:any/135?le=public" -- "l2cap:$BT_ADDR1/135?le=public&from=$BT_ADDR0"; GW_LE=$GW_MBS OK_LE=$GW_OK
   bt_le_adv 1 off
 else
   step "gateway L2CAP LE: skipped (GATEWAY_BT=0)"
 fi
 
-# BLE (the btleplug central and the GATT peripheral): a file of SIZE_BLE
-# (16 MiB is far too big for GATT here). To be filled in with the BLE driver:
-# the peripheral side needs bluetoothd's advertising manager, so no
+# BLE (the bluer LE central and the GATT peripheral): a file of SIZE_BLE
+# (16 MiB is far too big for GATT here); the peripheral side needs bluetoothd's advertising manager, so no
 # `btmgmt advertising on` here.
 if [ "$BLE" = 1 ]; then
-  step "gateway BLE hci0 -> hci1: serve --listen ble:, send --to ble:$BT_ADDR1 ($BYTES_BLE bytes)"
+  step "gateway BLE hci0 -> hci1: serve --listen ble:$BT_ADDR1, send --to ble:$BT_ADDR1 ($BYTES_BLE bytes)"
   head -c "$BYTES_BLE" /dev/urandom > "$W/ble.bin"
-  GW_FILE=$W/ble.bin gw ble "ble:" -- "ble:$BT_ADDR1"; OK_BLE="$GW_OK ($GW_MBS MB/s)"
+  GW_FILE=$W/ble.bin gw ble "ble:$BT_ADDR1" -- "ble:$BT_ADDR1"; OK_BLE="$GW_OK ($GW_MBS MB/s)"
 else
   step "gateway BLE: skipped (BLE=1 runs it)"
 fi

@@ -23,7 +23,7 @@
 # bluetoothd (JustWorksRepairing = always) and an auto-accepting agent. The
 # raw socket loop (drivers/bluez/examples/bt_raw) over RFCOMM and L2CAP
 # hci0 -> hci1, then gateway over rfcomm:/l2cap: (GATEWAY_BT=0 skips),
-# BT + TCP at once with each link cut in turn, and a BLE stub (SIZE_BLE).
+# BT + TCP at once with each link cut in turn, and gateway over BLE (SIZE_BLE).
 #
 # env: SIZE (default 16M, `head -c` units), SKIP_BUILD=1, GW (gateway binary;
 #      default $CARGO_TARGET_DIR/release/gateway), MEM (guest MiB, default
@@ -32,7 +32,7 @@
 #      serial leg), FFS=0 (no FunctionFS part), SERIAL_CONFORMANCE=0 (no
 #      serial conformance suite over the ACM pair), QEMU_CPU (default max);
 #      bt only: GATEWAY_BT=0 (raw loops only), BT_BOTH=0 (no BT + TCP part),
-#      BLE=1 (the BLE step), SIZE_BLE (default 256K), SIZE_LE (the LE
+#      BLE=0 (no BLE step), SIZE_BLE (default 256K), SIZE_LE (the LE
 #      credit-based channel's file; default 4M), BT_RUST_LOG.
 # First run downloads into $RIG_CACHE: the Debian kernel package that
 # linux-image-amd64 depends on (apt-get download, dpkg -x, depmod -b) and
@@ -192,7 +192,7 @@ SERIAL_CONFORMANCE=${SERIAL_CONFORMANCE:-1}
 HIL_USB_TEST=$HIL_USB_TEST
 GATEWAY_BT=${GATEWAY_BT:-1}
 BT_BOTH=${BT_BOTH:-1}
-BLE=${BLE:-0}
+BLE=${BLE:-1}
 SIZE_BLE=${SIZE_BLE:-256K}
 SIZE_LE=${SIZE_LE:-4M}
 BT_RUST_LOG=${BT_RUST_LOG:-}

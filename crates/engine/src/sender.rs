@@ -381,6 +381,13 @@ impl Sender {
             reason: reason.to_string(),
             requeued,
         }));
+        // Waiting for the Verdict: it may have been lost with this link (the
+        // Complete went out on it, or the Verdict was coming back on it).
+        // Say Complete again on a link that lives; the receiver answers a
+        // repeated Complete with the same verdict.
+        if self.phase == Phase::Verifying && self.links.values().any(|l| l.up) {
+            self.complete_due = true;
+        }
     }
 
     /// The glue could not reopen `link`; try again after `retry_interval`.
@@ -991,6 +998,23 @@ mod tests {
         })
         .unwrap();
         let c = s.poll_complete().expect("Complete again after the rejoin");
+        assert_eq!(c.file_hash, [3; 32]);
+    }
+
+    #[test]
+    fn a_link_lost_while_waiting_for_the_verdict_makes_complete_go_out_again() {
+        let mut s = tx();
+        accept_all_missing(&mut s);
+        s.link_up(0);
+        s.link_up(1);
+        s.handle_ack(0, &[Range { start: 0, end: 10 }], Instant::now())
+            .unwrap();
+        s.set_file_hash([3; 32]);
+        assert!(s.poll_complete().is_some());
+        assert!(s.poll_complete().is_none());
+        // The link that carried the Complete (and would carry the Verdict) dies.
+        s.link_down(0, "adapter powered off", Instant::now());
+        let c = s.poll_complete().expect("Complete again, for link 1");
         assert_eq!(c.file_hash, [3; 32]);
     }
 
