@@ -205,16 +205,7 @@ pub(crate) async fn open(
 /// The local adapter: the named one, or the first that is not the peer itself
 /// (a test box with two controllers talks from one to the other).
 async fn pick_adapter(session: &Session, p: &OpenParams) -> Result<Adapter, OpenError> {
-    let names = session
-        .adapter_names()
-        .await
-        .map_err(|e| open_error(&e, "listing Bluetooth adapters"))?;
-    if names.is_empty() {
-        return Err(OpenError::NotFound(
-            "this machine has no Bluetooth adapter; plug one in, or check `rfkill list` and dmesg"
-                .into(),
-        ));
-    }
+    let names = gateway_bluez::gatt::adapter_names(session).await?;
     if let Some(want) = &p.adapter {
         if !names.contains(want) {
             return Err(OpenError::NotFound(format!(

@@ -67,3 +67,18 @@ pub fn open_error(e: &bluer::Error, what: &str) -> OpenError {
         _ => OpenError::Io(std::io::Error::other(format!("{what}: {text}"))),
     }
 }
+
+/// The names of the local adapters BlueZ knows, or why there are none.
+pub async fn adapter_names(session: &bluer::Session) -> Result<Vec<String>, OpenError> {
+    let names = session
+        .adapter_names()
+        .await
+        .map_err(|e| open_error(&e, "listing Bluetooth adapters"))?;
+    if names.is_empty() {
+        return Err(OpenError::NotFound(
+            "this machine has no Bluetooth adapter; plug one in, or check `rfkill list` and dmesg"
+                .into(),
+        ));
+    }
+    Ok(names)
+}

@@ -151,16 +151,7 @@ pub async fn listen(
 }
 
 async fn find_adapter(session: &bluer::Session, which: Option<&str>) -> Result<Adapter, OpenError> {
-    let names = session
-        .adapter_names()
-        .await
-        .map_err(|e| open_error(&e, "listing Bluetooth adapters"))?;
-    if names.is_empty() {
-        return Err(OpenError::NotFound(
-            "this machine has no Bluetooth adapter; plug one in, or check `rfkill list` and dmesg"
-                .into(),
-        ));
-    }
+    let names = super::adapter_names(session).await?;
     let Some(which) = which.filter(|w| !w.is_empty()) else {
         return session
             .default_adapter()
