@@ -197,13 +197,8 @@ if [ "$GATEWAY_BT" = 1 ] && [ "$BT_BOTH" = 1 ]; then
   CUTTCP=$(links_bytes "$CUTTCP_JSON" "${BT_SEL%%:*}") || fail_step "cut tcp: BT carried nothing ($CUTTCP)"
   grep -q 'dropped' /out/bt-cut-tcp-cut.log 2> /dev/null || fail_step "cut tcp: TCP was never cut (the transfer ended first?)"
   say "cut tcp: bytes per link: $CUTTCP"
-  step "BT cut mid-transfer (hci1 powered off once a quarter has landed): must complete on TCP"
-  CUT=bt gw cut-bt "$BT_LISTEN" tcp:127.0.0.1:7411 -- "$BT_SEL" tcp:127.0.0.1:7411; OK_CUTBT=$GW_OK CUTBT_JSON=$GW_JSON
-  CUTBT=$(links_bytes "$CUTBT_JSON" tcp) || fail_step "cut bt: TCP carried nothing ($CUTBT)"
-  grep -q 'powered off' /out/bt-cut-bt-cut.log 2> /dev/null || fail_step "cut bt: hci1 was never powered off (the transfer ended first?)"
-  say "cut bt: bytes per link: $CUTBT"
 else
-  for s in "BT + TCP at once" "TCP cut mid-transfer" "BT cut mid-transfer"; do step "$s: skipped (GATEWAY_BT=0 or BT_BOTH=0)"; done
+  for s in "BT + TCP at once" "TCP cut mid-transfer"; do step "$s: skipped (GATEWAY_BT=0 or BT_BOTH=0)"; done
 fi
 
 # LE last: an LE link makes bluetoothd connect GATT/EATT between the two
@@ -232,6 +227,19 @@ if [ "$BLE" = 1 ]; then
   GW_FILE=$W/ble.bin gw ble "ble:$BT_ADDR1" -- "ble:$BT_ADDR1"; OK_BLE="$GW_OK ($GW_MBS MB/s)"
 else
   step "gateway BLE: skipped (BLE=1 runs it)"
+fi
+
+# BT cut last of all: powering hci1 off under an open RFCOMM session hit a
+# kernel BUG in the rfcomm thread (6.1) minutes later in two runs, after
+# which no Bluetooth step works in that guest.
+if [ "$GATEWAY_BT" = 1 ] && [ "$BT_BOTH" = 1 ]; then
+  step "BT cut mid-transfer (hci1 powered off once a quarter has landed): must complete on TCP"
+  CUT=bt gw cut-bt "$BT_LISTEN" tcp:127.0.0.1:7411 -- "$BT_SEL" tcp:127.0.0.1:7411; OK_CUTBT=$GW_OK CUTBT_JSON=$GW_JSON
+  CUTBT=$(links_bytes "$CUTBT_JSON" tcp) || fail_step "cut bt: TCP carried nothing ($CUTBT)"
+  grep -q 'powered off' /out/bt-cut-bt-cut.log 2> /dev/null || fail_step "cut bt: hci1 was never powered off (the transfer ended first?)"
+  say "cut bt: bytes per link: $CUTBT"
+else
+  step "BT cut mid-transfer: skipped (GATEWAY_BT=0 or BT_BOTH=0)"
 fi
 bt_power 1 on > /dev/null 2>&1
 

@@ -219,6 +219,8 @@ pub struct Sender {
     events: VecDeque<Event>,
     file_hash: Option<Hash>,
     complete_due: bool,
+    /// Since when the Verdict is awaited (the Complete last went out).
+    verdict_wait_since: Option<Instant>,
     verify_rounds: u32,
 }
 
@@ -241,6 +243,7 @@ impl Sender {
             events: VecDeque::new(),
             file_hash: None,
             complete_due: false,
+            verdict_wait_since: None,
             verify_rounds: 0,
         }
     }
@@ -644,6 +647,18 @@ impl Sender {
     /// the queue (the stalled link's window frees up too); failed links whose
     /// retry time has come are reported.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // No Verdict for chunk_timeout after the Complete: the Complete (or
+        // the Verdict) may have been lost on a link that still looks up;
+        // say Complete again (the receiver answers it with the same verdict).
+        if self.phase == Phase::Verifying {
+            let since = *self.verdict_wait_since.get_or_insert(now);
+            if now.saturating_duration_since(since) >= self.cfg.chunk_timeout {
+                self.complete_due = true;
+                self.verdict_wait_since = Some(now);
+            }
+        } else {
+            self.verdict_wait_since = None;
+        }
         // Silent links: chunks in flight, nothing heard since the later of
         // the last word from it and its oldest chunk in flight.
         let silence = self.cfg.link_silence_timeout;
@@ -1016,6 +1031,22 @@ mod tests {
         s.link_down(0, "adapter powered off", Instant::now());
         let c = s.poll_complete().expect("Complete again, for link 1");
         assert_eq!(c.file_hash, [3; 32]);
+    }
+
+    #[test]
+    fn no_verdict_for_a_chunk_timeout_makes_complete_go_out_again() {
+        let mut s = tx();
+        accept_all_missing(&mut s);
+        s.link_up(0);
+        s.handle_ack(0, &[Range { start: 0, end: 10 }], Instant::now())
+            .unwrap();
+        s.set_file_hash([3; 32]);
+        assert!(s.poll_complete().is_some());
+        let t0 = Instant::now();
+        s.handle_timeout(t0);
+        assert!(s.poll_complete().is_none(), "not yet");
+        s.handle_timeout(t0 + Config::default().chunk_timeout);
+        assert!(s.poll_complete().is_some(), "the Complete was lost: again");
     }
 
     #[test]
