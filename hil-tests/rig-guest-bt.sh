@@ -163,8 +163,8 @@ BOTH='' CUTBT='' CUTTCP='' BOTH_JSON='{}' CUTBT_JSON='{}' CUTTCP_JSON='{}'
 step "raw RFCOMM hci0 -> hci1 (bt_raw, $BYTES bytes, channel 24)"
 raw rfcomm rfcomm "$BYTES" --addr "$BT_ADDR1" --channel 24 -- "$BT_ADDR1" --channel 24 --from "$BT_ADDR0"
 RAW_RF=$RAW_MBS RAW_RF_S=$RAW_SECS
-step "raw L2CAP BR/EDR SEQPACKET hci0 -> hci1 (bt_raw, $BYTES bytes, PSM 0x1047, writes of the send MTU)"
-raw l2cap l2cap "$BYTES" --addr "$BT_ADDR1" --psm 4167 -- "$BT_ADDR1" --psm 4167 --from "$BT_ADDR0"
+step "raw L2CAP BR/EDR SEQPACKET hci0 -> hci1 (bt_raw, $BYTES bytes, PSM 0x1047, receive MTU 16384 as gateway asks, writes of the send MTU)"
+raw l2cap l2cap "$BYTES" --addr "$BT_ADDR1" --psm 4167 --mtu 16384 -- "$BT_ADDR1" --psm 4167 --mtu 16384 --from "$BT_ADDR0"
 RAW_L2=$RAW_MBS RAW_L2_S=$RAW_SECS
 
 # gateway over Bluetooth: GATEWAY_BT=auto runs it when the binary knows the
@@ -201,6 +201,17 @@ else
   for s in "BT + TCP at once" "TCP cut mid-transfer"; do step "$s: skipped (GATEWAY_BT=0 or BT_BOTH=0)"; done
 fi
 
+# BLE (the bluer LE central and the GATT peripheral): a file of SIZE_BLE
+# (16 MiB is far too big for GATT here); the peripheral side needs bluetoothd's advertising manager, so no
+# `btmgmt advertising on` here.
+if [ "$BLE" = 1 ]; then
+  step "gateway BLE hci0 -> hci1: serve --listen ble:$BT_ADDR1, send --to ble:$BT_ADDR1 ($BYTES_BLE bytes)"
+  head -c "$BYTES_BLE" /dev/urandom > "$W/ble.bin"
+  GW_FILE=$W/ble.bin gw ble "ble:$BT_ADDR1" -- "ble:$BT_ADDR1"; OK_BLE="$GW_OK ($GW_MBS MB/s)"
+else
+  step "gateway BLE: skipped (BLE=1 runs it)"
+fi
+
 # LE last: an LE link makes bluetoothd connect GATT/EATT between the two
 # controllers, and BR/EDR connects after it failed (ENOTCONN/ECONNRESET) in
 # two runs of three.
@@ -218,16 +229,6 @@ else
   step "gateway L2CAP LE: skipped (GATEWAY_BT=0)"
 fi
 
-# BLE (the bluer LE central and the GATT peripheral): a file of SIZE_BLE
-# (16 MiB is far too big for GATT here); the peripheral side needs bluetoothd's advertising manager, so no
-# `btmgmt advertising on` here.
-if [ "$BLE" = 1 ]; then
-  step "gateway BLE hci0 -> hci1: serve --listen ble:$BT_ADDR1, send --to ble:$BT_ADDR1 ($BYTES_BLE bytes)"
-  head -c "$BYTES_BLE" /dev/urandom > "$W/ble.bin"
-  GW_FILE=$W/ble.bin gw ble "ble:$BT_ADDR1" -- "ble:$BT_ADDR1"; OK_BLE="$GW_OK ($GW_MBS MB/s)"
-else
-  step "gateway BLE: skipped (BLE=1 runs it)"
-fi
 
 # BT cut last of all: powering hci1 off under an open RFCOMM session hit a
 # kernel BUG in the rfcomm thread (6.1) minutes later in two runs, after

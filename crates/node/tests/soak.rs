@@ -115,7 +115,7 @@ async fn send_once(
     src: &Path,
     to: &[String],
 ) -> Result<gateway_node::send::SendReport, String> {
-    let (ptx, _prx) = watch::channel(SendProgress::default());
+    let (ptx, prx) = watch::channel(SendProgress::default());
     let (_stop, stop_rx) = watch::channel(false);
     let fut = gateway_node::send::send(
         NodeState::open(state).unwrap(),
@@ -127,7 +127,10 @@ async fn send_once(
     );
     let limit = Duration::from_secs(env_u64("SOAK_HANG_S").unwrap_or(120));
     match tokio::time::timeout(limit, fut).await {
-        Err(_) => Err(format!("HANG: the send did not end within {limit:?}")),
+        Err(_) => Err(format!(
+            "HANG: the send did not end within {limit:?}; its last progress: {:?}",
+            *prx.borrow()
+        )),
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => Err(e.to_string()),
     }
