@@ -35,7 +35,7 @@ stop() {
   for _ in $(seq 50); do kill -0 "$p" 2> /dev/null || { wait "$p" 2> /dev/null; return 0; }; sleep 0.1; done
   say "process $p did not die (stuck in the kernel?): $(cat /proc/"$p"/wchan 2> /dev/null)"
 }
-STEPS=11
+STEPS=12
 STEP=0
 step() { STEP=$((STEP + 1)); say "step $STEP/$STEPS: $*"; }
 T_START=$(now)
@@ -53,6 +53,26 @@ say "Bluetooth ready at ${t_bt}s: hci0 $BT_ADDR0, hci1 $BT_ADDR1"
 say "hci0: $(bt_settings 0)"
 say "hci1: $(bt_settings 1)"
 echo "hci0 $BT_ADDR0" > /out/bt-addrs; echo "hci1 $BT_ADDR1" >> /out/bt-addrs
+
+# The link conformance suites over the real radio, first, while nothing
+# else has touched the controllers: RFCOMM (plain and behind an SDP record),
+# L2CAP BR/EDR and LE, the connect retry (the peer listens 3 s late), BLE.
+CONF_BT=skipped
+if [ -n "${HIL_BT_TEST:-}" ]; then
+  step "link conformance over RFCOMM, L2CAP, LE CoC and BLE (drivers/bluez/tests/hil.rs, drivers/ble/tests/hil.rs)"
+  t0=$(now)
+  rc1=0 rc2=0
+  bt_le_adv 1 on > /dev/null 2>&1
+  GATEWAY_HIL_BT=$BT_ADDR1 RUST_LOG=gateway_bluez=info timeout -k 5 600 "$HIL_BT_TEST" --test-threads=1 --nocapture > /out/conf-bt.log 2>&1 || rc1=$?
+  bt_le_adv 1 off > /dev/null 2>&1
+  GATEWAY_HIL_BLE=hci1 GATEWAY_HIL_BLE_ADAPTER=hci0 timeout -k 5 600 "$HIL_BLE_TEST" --test-threads=1 --nocapture > /out/conf-ble.log 2>&1 || rc2=$?
+  grep -h "^RETRY" /out/conf-bt.log | sed 's/^/guest: [bt] /'
+  grep -hE '^test .* (ok|FAILED)$|^test result' /out/conf-bt.log /out/conf-ble.log | sed 's/^/guest: [bt] conformance: /'
+  if [ "$rc1" = 0 ] && [ "$rc2" = 0 ]; then CONF_BT=ok; else CONF_BT=FAIL; fail_step "conformance (bt rc=$rc1, ble rc=$rc2): see /out/conf-bt.log, conf-ble.log"; fi
+  say "conformance: $CONF_BT in $(secs "$t0" "$(now)") s"
+else
+  step "link conformance: skipped (BT_CONFORMANCE=0)"
+fi
 
 BYTES=$(numfmt --from=iec "${SIZE%iB}")
 BYTES_BLE=$(numfmt --from=iec "${SIZE_BLE%iB}")
@@ -255,6 +275,7 @@ T_BT=$(secs "$T_START" "$(now)")
   echo "BT + TCP at once ($BT_SEL): $OK_BOTH ($BOTH)"
   echo "BT cut mid-transfer (hci1 off): $OK_CUTBT ($CUTBT); TCP cut mid-transfer: $OK_CUTTCP ($CUTTCP)"
   echo "BLE ($SIZE_BLE): $OK_BLE"
+  echo "link conformance (RFCOMM, L2CAP, LE CoC, BLE): $CONF_BT"
   echo "Bluetooth part took ${T_BT}s (guest wall; Bluetooth ready at ${t_bt}s after boot)"
 } > /out/result.txt
 python3 - "$SIZE" "$BYTES" "$BT_ADDR0" "$BT_ADDR1" \

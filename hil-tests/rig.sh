@@ -32,7 +32,8 @@
 #      serial leg), FFS=0 (no FunctionFS part), SERIAL_CONFORMANCE=0 (no
 #      serial conformance suite over the ACM pair), QEMU_CPU (default max);
 #      bt only: GATEWAY_BT=0 (raw loops only), BT_BOTH=0 (no BT + TCP part),
-#      BLE=0 (no BLE step), SIZE_BLE (default 256K), SIZE_LE (the LE
+#      BLE=0 (no BLE step), BT_CONFORMANCE=0 (no link conformance suites
+#      over RFCOMM/L2CAP/BLE: drivers/bluez/tests/hil.rs, drivers/ble/tests/hil.rs), SIZE_BLE (default 256K), SIZE_LE (the LE
 #      credit-based channel's file; default 4M), BT_RUST_LOG.
 # First run downloads into $RIG_CACHE: the Debian kernel package that
 # linux-image-amd64 depends on (apt-get download, dpkg -x, depmod -b) and
@@ -99,7 +100,13 @@ for l in sys.stdin:
     m = json.loads(l)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == sys.argv[1]: print(m["executable"])' "$2"
 }
-HIL_SERIAL_TEST='' HIL_USB_TEST=''
+HIL_SERIAL_TEST='' HIL_USB_TEST='' HIL_BT_TEST='' HIL_BLE_TEST=''
+if [ "$MODE" = bt ] && [ "${BT_CONFORMANCE:-1}" = 1 ]; then
+  HIL_BT_TEST=$(test_exe gateway-bluez hil)
+  [ -x "$HIL_BT_TEST" ] || die "could not build the Bluetooth test binary (cargo test --release --no-run -p gateway-bluez --test hil)"
+  HIL_BLE_TEST=$(test_exe gateway-ble hil)
+  [ -x "$HIL_BLE_TEST" ] || die "could not build the BLE test binary (cargo test --release --no-run -p gateway-ble --test hil)"
+fi
 if [ "$MODE" = usb ]; then
   HIL_SERIAL_TEST=$(test_exe gateway-serial serial)
   [ -x "$HIL_SERIAL_TEST" ] || die "could not build the serial test binary (cargo test --release --no-run -p gateway-serial --test serial)"
@@ -190,6 +197,8 @@ FFS=${FFS:-1}
 HIL_SERIAL_TEST=$HIL_SERIAL_TEST
 SERIAL_CONFORMANCE=${SERIAL_CONFORMANCE:-1}
 HIL_USB_TEST=$HIL_USB_TEST
+HIL_BT_TEST=$HIL_BT_TEST
+HIL_BLE_TEST=$HIL_BLE_TEST
 GATEWAY_BT=${GATEWAY_BT:-1}
 BT_BOTH=${BT_BOTH:-1}
 BLE=${BLE:-1}

@@ -38,8 +38,10 @@ pub struct GattConfig {
     pub frames_queued: usize,
 }
 
-/// Default `max_frame`: 1 MiB, about 2000 packets at the largest MTU.
-pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024;
+/// Default `max_frame`: a 1 MiB chunk (the engine's default) plus room for
+/// its Data frame and the secure layer's tags; about 2100 packets at the
+/// largest MTU.
+pub const DEFAULT_MAX_FRAME: usize = 1024 * 1024 + 64 * 1024;
 
 impl Default for GattConfig {
     fn default() -> Self {
