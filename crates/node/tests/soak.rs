@@ -145,7 +145,9 @@ async fn transfers_over_faulty_links_deliver_the_exact_file_or_pause_and_finish_
             .try_init();
     }
     let n = env_u64("SOAK_TRANSFERS").unwrap_or(40);
-    let seed = env_u64("SOAK_SEED").unwrap_or_else(rand::random);
+    // A fixed seed by default, so `cargo test` (and CI) is the same run
+    // every time; SOAK_SEED picks another.
+    let seed = env_u64("SOAK_SEED").unwrap_or(20261127);
     eprintln!("soak: {n} transfers, seed {seed} (replay: SOAK_SEED={seed})");
     let root = tempfile::tempdir().unwrap();
     let (recv_state, send_state) = (root.path().join("recv"), root.path().join("send"));
