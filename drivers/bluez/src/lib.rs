@@ -304,8 +304,12 @@ fn reliable_mode(s: &l2cap::Socket<l2cap::SeqPacket>, sa: &l2cap::SocketAddr) {
     if sa.addr_type != AddressType::BrEdr {
         return;
     }
+    // BT_MODE: kernels take it only with their experimental LE ECRED switch
+    // on (ENOPROTOOPT otherwise, as in the rig's 6.1), and then stay in
+    // basic mode. L2CAP_OPTIONS' mode field is the older way; not yet tried
+    // on the rig.
     if let Err(e) = s.set_flow_control(l2cap::FlowControl::Ertm) {
-        tracing::warn!(error = %e, "cannot ask for L2CAP ERTM; basic mode may drop packets under load");
+        tracing::debug!(error = %e, "L2CAP ERTM not available; basic mode (may drop packets when the receiver falls behind)");
     }
 }
 
