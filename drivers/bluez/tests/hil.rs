@@ -102,7 +102,14 @@ async fn open_retries_until_the_peer_listens() {
         let opened = reg.open(&format!("{sel}{sep}timeout=30s")).await;
         let took = started.elapsed();
         let link = opened.unwrap_or_else(|e| panic!("{sel}: open with retries failed: {e}"));
-        let _accepted = listener.await.unwrap();
+        // Bounded: a connect that "worked" but never reached the listener
+        // must fail this test, not hang it.
+        let _accepted = tokio::time::timeout(Duration::from_secs(30), listener)
+            .await
+            .unwrap_or_else(|_| {
+                panic!("{sel}: open returned, but the listener accepted nothing within 30 s")
+            })
+            .unwrap();
         assert!(
             took >= Duration::from_millis(2900),
             "{sel}: opened after {took:?}, before the listener existed?"
