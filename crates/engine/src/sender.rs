@@ -327,13 +327,13 @@ impl Sender {
         if !lost.is_empty() && self.phase == Phase::Verifying {
             self.phase = Phase::Sending;
             self.complete_due = false;
-        } else if self.phase == Phase::Verifying {
+        } else {
             // The receiver may have restarted after our Complete and before
             // its Verdict (it holds everything, but lost the Complete with
             // its process): say it again. A receiver that got it already
             // finishes once (it answers a repeated Complete with the same
             // verdict).
-            self.complete_due = true;
+            self.resend_complete();
         }
         self.maybe_complete();
         Ok(())
@@ -388,8 +388,8 @@ impl Sender {
         // Complete went out on it, or the Verdict was coming back on it).
         // Say Complete again on a link that lives; the receiver answers a
         // repeated Complete with the same verdict.
-        if self.phase == Phase::Verifying && self.links.values().any(|l| l.up) {
-            self.complete_due = true;
+        if self.links.values().any(|l| l.up) {
+            self.resend_complete();
         }
     }
 
@@ -577,6 +577,17 @@ impl Sender {
         Ok(())
     }
 
+    /// Says Complete again, if one is owed: verifying, with every chunk
+    /// acked and the hash known (the same conditions as the first).
+    fn resend_complete(&mut self) {
+        if self.phase == Phase::Verifying
+            && self.file_hash.is_some()
+            && self.acked.count() == self.geo.chunks()
+        {
+            self.complete_due = true;
+        }
+    }
+
     fn maybe_complete(&mut self) {
         if self.phase == Phase::Sending
             && self.file_hash.is_some()
@@ -589,7 +600,10 @@ impl Sender {
 
     /// The Complete frame, once, when every chunk is acked and the hash is known.
     pub fn poll_complete(&mut self) -> Option<Complete> {
-        if !self.complete_due {
+        // Only while verifying: a transfer that failed, finished or went back
+        // to sending owes no Complete, whatever was due before.
+        if !self.complete_due || self.phase != Phase::Verifying {
+            self.complete_due = false;
             return None;
         }
         self.complete_due = false;
@@ -653,7 +667,7 @@ impl Sender {
         if self.phase == Phase::Verifying {
             let since = *self.verdict_wait_since.get_or_insert(now);
             if now.saturating_duration_since(since) >= self.cfg.chunk_timeout {
-                self.complete_due = true;
+                self.resend_complete();
                 self.verdict_wait_since = Some(now);
             }
         } else {
@@ -1047,6 +1061,31 @@ mod tests {
         assert!(s.poll_complete().is_none(), "not yet");
         s.handle_timeout(t0 + Config::default().chunk_timeout);
         assert!(s.poll_complete().is_some(), "the Complete was lost: again");
+    }
+
+    #[test]
+    fn a_complete_due_when_the_transfer_failed_is_never_sent() {
+        // Found by the `ranges` fuzz target: Complete due, a failing Verdict
+        // ends the transfer, a rejoin takes the chunks back: no Complete.
+        let mut s = tx();
+        accept_all_missing(&mut s);
+        s.handle_ack(0, &[Range { start: 0, end: 10 }], Instant::now())
+            .unwrap();
+        s.set_file_hash([3; 32]);
+        s.handle_verdict(&Verdict {
+            transfer_id: [1; 16],
+            ok: false,
+            bad_chunks: vec![],
+            message: String::new(),
+        })
+        .unwrap();
+        assert!(matches!(s.phase(), Phase::Failed(_)));
+        s.handle_rejoin(&Accept {
+            transfer_id: [1; 16],
+            have: vec![],
+        })
+        .unwrap();
+        assert!(s.poll_complete().is_none());
     }
 
     #[test]
