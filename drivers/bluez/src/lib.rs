@@ -300,15 +300,21 @@ fn l2cap_link(s: l2cap::SeqPacket, selector: String) -> Box<dyn Link> {
 /// the conformance suite's both-ways ordering check). Enhanced
 /// Retransmission Mode retransmits and flow-controls. LE credit-based
 /// channels are flow-controlled already.
+/// `L2CAP_MODE_ERTM` of the kernel's `l2cap.h` (L2CAP_OPTIONS' mode).
+const L2CAP_MODE_ERTM: u8 = 0x03;
+
 fn reliable_mode(s: &l2cap::Socket<l2cap::SeqPacket>, sa: &l2cap::SocketAddr) {
     if sa.addr_type != AddressType::BrEdr {
         return;
     }
-    // BT_MODE: kernels take it only with their experimental LE ECRED switch
-    // on (ENOPROTOOPT otherwise, as in the rig's 6.1), and then stay in
-    // basic mode. L2CAP_OPTIONS' mode field is the older way; not yet tried
-    // on the rig.
-    if let Err(e) = s.set_flow_control(l2cap::FlowControl::Ertm) {
+    // L2CAP_OPTIONS' mode field, not BT_MODE: kernels take BT_MODE only with
+    // their experimental LE ECRED switch on (ENOPROTOOPT otherwise, as in the
+    // rig's 6.1).
+    let r = s.l2cap_opts().and_then(|mut o| {
+        o.mode = L2CAP_MODE_ERTM;
+        s.set_l2cap_opts(&o)
+    });
+    if let Err(e) = r {
         tracing::debug!(error = %e, "L2CAP ERTM not available; basic mode (may drop packets when the receiver falls behind)");
     }
 }
