@@ -160,7 +160,15 @@ impl LinkDriver for MemDriver {
         let packet = sel.param::<usize>("packet")?.unwrap_or(182);
         let to = LISTENERS.lock().unwrap().get(&sel.address).cloned();
         let to = to.ok_or_else(|| OpenError::Refused(sel.address.clone()))?;
-        let ends = pair(&GattConfig::default(), packet);
+        // A long silence bound: this checks the framing and flow control,
+        // and a starved test machine (CI, a parallel build) must not look
+        // like a dead peer. half_dead still passes: a dropped end sends a
+        // reset.
+        let cfg = GattConfig {
+            silence_timeout: Duration::from_secs(120),
+            ..GattConfig::default()
+        };
+        let ends = pair(&cfg, packet);
         to.send(ends.b)
             .map_err(|_| OpenError::Refused(sel.address.clone()))?;
         Ok(ends.a)
