@@ -270,21 +270,26 @@ async fn read_loop(
         shared.kill(Death::of(&e));
         pending.push_back(Err(e));
     };
+    // The way out is gone (the peer dropped its end): no more credit, but
+    // what already arrived is still delivered.
+    let mut outbox_gone = false;
+    let mut incoming_done = false;
     loop {
-        if owed >= grant_at {
+        if owed >= grant_at && !outbox_gone {
             let n = owed.min(u32::from(u16::MAX));
             if outbox
                 .send(wire::encode(channel, &Packet::Credit(n as u16)))
                 .await
                 .is_err()
             {
-                break;
+                outbox_gone = true;
             }
             owed -= n;
         }
         let dead = death.borrow().is_some();
-        if dead && pending.is_empty() {
-            // Whatever killed the link: `recv` reports it from `Shared`.
+        if dead && pending.is_empty() && (incoming_done || incoming.is_empty()) {
+            // Whatever killed the link: `recv` reports it from `Shared`,
+            // after every frame that arrived before it.
             break;
         }
         tokio::select! {
@@ -297,8 +302,15 @@ async fn read_loop(
                 }
             }
             _ = death.changed(), if !dead => {}
-            p = incoming.recv(), if !dead => {
+            // Read on after the link died: packets that arrived before the
+            // death still make their frames (a frame after an error is
+            // never handed out: `recv` stops at the error).
+            p = incoming.recv(), if !incoming_done => {
                 let Some(raw) = p else {
+                    incoming_done = true;
+                    if dead {
+                        continue;
+                    }
                     fail(&mut pending, LinkError::Io(io::Error::new(
                         io::ErrorKind::ConnectionAborted,
                         "the BLE connection went away (disconnected, or the GATT service stopped)",
