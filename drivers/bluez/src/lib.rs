@@ -155,6 +155,19 @@ fn l2cap_target(sel: &Selector) -> Result<l2cap::SocketAddr, SelectorError> {
     Ok(sa)
 }
 
+/// `open` needs the peer's address: `any` is for listening.
+fn need_peer(sel: &Selector, addr: Address, example: &str) -> Result<(), SelectorError> {
+    if addr == Address::any() {
+        return Err(SelectorError::BadAddress {
+            input: sel.raw.clone(),
+            expected: format!(
+                "the peer's Bluetooth address, e.g. {example} (`any` is for listening)"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// `?from=ADDR`: the local adapter to connect from (default: the kernel's
 /// route to the peer), for a machine with several adapters.
 fn from_param(sel: &Selector) -> Result<Option<Address>, SelectorError> {
@@ -365,13 +378,7 @@ impl LinkDriver for RfcommDriver {
 
     async fn open(&self, sel: &Selector) -> Result<Box<dyn Link>, OpenError> {
         let (addr, ch) = rfcomm_target(sel)?;
-        if addr == Address::any() {
-            return Err(SelectorError::BadAddress {
-                input: sel.raw.clone(),
-                expected: "the peer's Bluetooth address, e.g. rfcomm:00:1A:7D:DA:71:13/24 (`any` is for listening)".into(),
-            }
-            .into());
-        }
+        need_peer(sel, addr, "rfcomm:00:1A:7D:DA:71:13/24")?;
         let cfg = retry_config(sel)?;
         let what = format!("RFCOMM to {addr} channel {ch}");
         let span = tracing::debug_span!("rfcomm_open", %addr, ch);
@@ -549,13 +556,7 @@ impl LinkDriver for L2capDriver {
 
     async fn open(&self, sel: &Selector) -> Result<Box<dyn Link>, OpenError> {
         let sa = l2cap_target(sel)?;
-        if sa.addr == Address::any() {
-            return Err(SelectorError::BadAddress {
-                input: sel.raw.clone(),
-                expected: "the peer's Bluetooth address, e.g. l2cap:00:1A:7D:DA:71:13/0x1047 (`any` is for listening)".into(),
-            }
-            .into());
-        }
+        need_peer(sel, sa.addr, "l2cap:00:1A:7D:DA:71:13/0x1047")?;
         let cfg = retry_config(sel)?;
         let what = format!("L2CAP to {} PSM {:#x}", sa.addr, sa.psm);
         let span = tracing::debug_span!("l2cap_open", addr = %sa.addr, psm = sa.psm);

@@ -174,10 +174,7 @@ impl<S: PacketSocket> FrameRx for PacketRx<S> {
             // One packet per call of the socket: cancel-safe.
             let n = self.sock.recv(&mut self.buf).await.map_err(gone)?;
             if n == 0 {
-                return Err(LinkError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the Bluetooth peer went away without closing the link (process killed, out of range or powered off)",
-                )));
+                return Err(crate::stream::went_away());
             }
             let (head, body) = (self.buf[0], &self.buf[1..n]);
             match head {

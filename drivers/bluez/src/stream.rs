@@ -128,14 +128,19 @@ impl<R: AsyncRead + Unpin + Send> FrameRx for StreamRx<R> {
             // A read is cancel-safe; what it returned is in the reassembler.
             let n = self.r.read(&mut self.buf).await.map_err(gone)?;
             if n == 0 {
-                return Err(LinkError::Io(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the Bluetooth peer went away without closing the link (process killed, out of range or powered off)",
-                )));
+                return Err(went_away());
             }
             self.re.push(&self.buf[..n]);
         }
     }
+}
+
+/// The end of a socket with no close before it: the peer went away.
+pub(crate) fn went_away() -> LinkError {
+    LinkError::Io(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the Bluetooth peer went away without closing the link (process killed, out of range or powered off)",
+    ))
 }
 
 /// An I/O error with the Bluetooth reading of the common errno values.
