@@ -5,12 +5,18 @@
 # table and in its log), 3 if cargo-fuzz or the nightly toolchain is
 # unavailable and cannot be installed, 2 on a build failure.
 #
-#   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET...]      (default 60, all)
+#   fuzz/run.sh [SECONDS_PER_TARGET] [TARGET[:RUNS]...]      (default 60, all)
+#
+# TARGET:RUNS stops that target after RUNS executions (before the time cap if
+# the machine is fast enough). With FUZZ_SEED set as well, a run is the same
+# sequence of inputs every time, so a crash CI finds is found again here
+# (that is how .ci/run calls it).
 #
 # Environment:
 #   FUZZ_MAX_RUNS   stop a target after this many executions (default: no cap)
 #   FUZZ_WORK       scratch dir: the growing corpus and logs
 #                   (default: $CARGO_TARGET_DIR or fuzz/target, + /fuzz-work)
+#   FUZZ_SEED       libFuzzer's -seed (default: a random one per run)
 #   FUZZ_ARGS       extra libFuzzer flags
 #
 # The committed corpus (fuzz/corpus/<target>/) is read, never written: what a
@@ -50,11 +56,16 @@ if ! cargo +nightly fuzz build >"$work/logs/build.log" 2>&1; then
     exit 2
 fi
 
-runs=()
-[ -n "${FUZZ_MAX_RUNS:-}" ] && runs=("-runs=$FUZZ_MAX_RUNS")
+seed=()
+[ -n "${FUZZ_SEED:-}" ] && seed=("-seed=$FUZZ_SEED")
 rows=()
 failed=0
-for t in "${targets[@]}"; do
+for spec in "${targets[@]}"; do
+    t="${spec%%:*}"
+    cap="${FUZZ_MAX_RUNS:-}"
+    [ "$spec" != "$t" ] && cap="${spec#*:}"
+    runs=()
+    [ -n "$cap" ] && runs=("-runs=$cap")
     mkdir -p "$work/corpus/$t" "$here/artifacts/$t"
     log="$work/logs/$t.log"
     echo "run.sh: $t for ${secs}s (log: $log)" >&2
@@ -63,7 +74,7 @@ for t in "${targets[@]}"; do
     # shellcheck disable=SC2086
     cargo +nightly fuzz run "$t" "$work/corpus/$t" "corpus/$t" -- \
         -max_total_time="$secs" -timeout=25 -rss_limit_mb=2048 -print_final_stats=1 \
-        "${runs[@]}" ${FUZZ_ARGS:-} >"$log" 2>&1
+        "${runs[@]}" "${seed[@]}" ${FUZZ_ARGS:-} >"$log" 2>&1
     rc=$?
     took=$(( $(date +%s) - start ))
     execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | tail -1 | grep -o '[0-9]*$')
