@@ -426,9 +426,9 @@ pub async fn send(
         tracing::info!(parent: &span, durable = rec.durable.count(), "found in the DB: RELOAD");
         Body::Reload(engine.reload(&rec.durable))
     };
-    wire::send(&mut *tx0, opening_body)
+    wire::send_within(&mut *tx0, opening_body, cfg.accept_timeout)
         .await
-        .map_err(|e| link_err(&selectors[first], e.into()))?;
+        .map_err(|e| link_err(&selectors[first], e))?;
     let accept = match await_answer(&mut *rx0, &cfg)
         .await
         .map_err(|e| link_err(&selectors[first], e))?
@@ -1030,7 +1030,7 @@ async fn join(
     reload: gateway_proto::Reload,
     cfg: &NodeConfig,
 ) -> Result<gateway_proto::Accept, NodeError> {
-    wire::send(tx, Body::Reload(reload))
+    wire::send_within(tx, Body::Reload(reload), cfg.accept_timeout)
         .await
         .map_err(|e| NodeError::Peer(e.to_string()))?;
     match await_answer(rx, cfg)
@@ -1287,12 +1287,19 @@ fn save_signal(
 /// gives up (a minute); the control task must not wait with it.
 const LINK_LOCK_WAIT: Duration = Duration::from_millis(500);
 
+/// How long the control task waits for a link to take one small frame
+/// (a Complete). A stalled link (the peer stopped reading; a path that died
+/// without an error) would hold the control task, and with it the transfer,
+/// for good; the next link is tried instead, and the stalled one is declared
+/// down by its silence.
+const CONTROL_SEND_WAIT: Duration = Duration::from_secs(5);
+
 async fn send_on_any(slots: &[LinkSlot], body: Body) -> bool {
     let frame = wire::encode(body);
     for s in slots {
         let Some(tx) = &s.tx else { continue };
         if let Ok(mut g) = tokio::time::timeout(LINK_LOCK_WAIT, tx.lock()).await
-            && g.send(&frame).await.is_ok()
+            && let Ok(Ok(())) = tokio::time::timeout(CONTROL_SEND_WAIT, g.send(&frame)).await
         {
             return true;
         }

@@ -577,7 +577,7 @@ async fn refuse(
     let code = match e {
         WireError::Proto(p) => p.code(),
         WireError::Timeout(_) => ErrorCode::Protocol,
-        WireError::Link(_) => return, // nothing to tell a dead link
+        WireError::Link(_) | WireError::Stalled(_) => return, // nothing to tell a dead link
     };
     refuse_with(server, otx, peer, id, code, e.to_string()).await;
 }

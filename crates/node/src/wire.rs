@@ -25,6 +25,10 @@ pub enum WireError {
     /// Nothing arrived in time.
     #[error("no frame within {0:?}")]
     Timeout(Duration),
+    /// The link did not take a frame in time (stalled: the peer stopped
+    /// reading, or the path died without an error).
+    #[error("the link took no frame within {0:?} (stalled)")]
+    Stalled(Duration),
 }
 
 /// The stream a body travels on.
@@ -45,6 +49,19 @@ pub fn encode(body: Body) -> Bytes {
 /// Sends one body.
 pub async fn send(tx: &mut dyn FrameTx, body: Body) -> Result<(), LinkError> {
     tx.send(&encode(body)).await
+}
+
+/// Sends one body within `timeout`. A link that does not take it by then is
+/// stalled; the caller drops it (a cancelled send may have left half a frame).
+pub async fn send_within(
+    tx: &mut dyn FrameTx,
+    body: Body,
+    timeout: Duration,
+) -> Result<(), WireError> {
+    tokio::time::timeout(timeout, send(tx, body))
+        .await
+        .map_err(|_| WireError::Stalled(timeout))?
+        .map_err(WireError::Link)
 }
 
 /// Receives and decodes one frame (verifier + field checks).
@@ -164,12 +181,12 @@ pub async fn exchange_hello(
     limits: &Limits,
     timeout: Duration,
 ) -> Result<Hello, WireError> {
-    send(tx, Body::Hello(ours)).await?;
+    send_within(tx, Body::Hello(ours), timeout).await?;
     loop {
         let f = recv_within(rx, limits, timeout).await?;
         match f.body {
             Body::Hello(h) => return Ok(h),
-            Body::Ping(n) => send(tx, Body::Pong(n)).await?,
+            Body::Ping(n) => send_within(tx, Body::Pong(n), timeout).await?,
             Body::Error(e) => {
                 return Err(WireError::Link(LinkError::Io(std::io::Error::other(
                     format!("peer refused the link: {}", e.message),
