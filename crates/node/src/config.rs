@@ -38,6 +38,53 @@ pub struct NodeConfig {
     pub grow_interval: Duration,
     /// Receiver: what to do when a name that lands is taken.
     pub on_conflict: crate::dirtree::Conflict,
+    /// Receiver: what one `serve` holds at most, whatever its peers do.
+    pub caps: Caps,
+    /// Sender: ERROR/USER_STOP frames kept in the DB per transfer (the
+    /// newest; older ones are deleted as new ones are saved).
+    pub max_paused_frames_per_transfer: usize,
+}
+
+/// The receiver's caps. Each bounds what peers can make one `serve` hold;
+/// a peer over a cap is told `Busy` (and a sender waits and retries) or, for
+/// the connection caps, the link is closed before any crypto runs.
+///
+/// Memory: each served link holds at most about two frames (the link's
+/// receive buffer and the frame being written), so receive memory is bounded
+/// by `max_links * 2 * limits.max_frame_bytes`, and in practice by the
+/// senders' chunk size (1 MiB by default) in place of the frame limit.
+#[derive(Clone, Debug)]
+pub struct Caps {
+    /// Links served at once, in any state.
+    pub max_links: usize,
+    /// Links still in their Noise handshake or before their Hello. Each is
+    /// cut after `handshake_timeout` + `hello_timeout`; this bounds how much
+    /// a flood of silent connections (slow loris) can hold at once.
+    pub max_handshaking_links: usize,
+    /// Links from one peer key at once.
+    pub max_links_per_peer: usize,
+    /// Transfers being fed (a link attached) at once; an Offer or a Reload
+    /// over it gets Reject(Busy) and the sender waits.
+    pub max_open_transfers: usize,
+    /// The same, per peer key.
+    pub max_open_transfers_per_peer: usize,
+    /// A verified link that delivers no whole frame, or does not take our
+    /// reply, for this long is dropped (a peer that trickles or stops
+    /// reading holds nothing for longer).
+    pub link_idle_timeout: Duration,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Self {
+            max_links: 256,
+            max_handshaking_links: 64,
+            max_links_per_peer: 16,
+            max_open_transfers: 64,
+            max_open_transfers_per_peer: 8,
+            link_idle_timeout: Duration::from_secs(300),
+        }
+    }
 }
 
 impl Default for NodeConfig {
@@ -58,6 +105,8 @@ impl Default for NodeConfig {
             rediscover_interval: Duration::from_secs(5),
             grow_interval: Duration::from_secs(15),
             on_conflict: crate::dirtree::Conflict::Rename,
+            caps: Caps::default(),
+            max_paused_frames_per_transfer: 32,
         }
     }
 }

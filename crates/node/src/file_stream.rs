@@ -385,6 +385,13 @@ impl FileStream {
         }
     }
 
+    /// Whether a live link feeds this stream now (it counts against the
+    /// receiver's open-transfer caps).
+    pub(crate) fn is_fed(&self) -> bool {
+        let o = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
+        o.iter().any(|b| b.strong_count() > 0)
+    }
+
     /// Verifies one Data frame and writes it at its offset. Blocking (pwrite);
     /// returns the Ack.
     pub(crate) fn write(&self, data: &Data) -> Result<Ack, DataError> {

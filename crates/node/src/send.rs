@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use gateway_engine::ihs::{self, Action, Signal};
 use gateway_engine::{Event, FileMeta, LinkId, Phase, Sender};
 use gateway_link::{FrameRx, FrameTx, Link, Registry};
-use gateway_proto::{Body, ErrorCode, Frame, Hash, RangeSet, TransferId};
+use gateway_proto::{Body, ErrorCode, Frame, Hash, RangeSet, RejectCode, TransferId};
 use gateway_store::{Direction, LinkStat, TransferRecord, TransferState};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
@@ -426,13 +426,31 @@ pub async fn send(
         tracing::info!(parent: &span, durable = rec.durable.count(), "found in the DB: RELOAD");
         Body::Reload(engine.reload(&rec.durable))
     };
-    wire::send_within(&mut *tx0, opening_body, cfg.accept_timeout)
-        .await
-        .map_err(|e| link_err(&selectors[first], e))?;
-    let accept = match await_answer(&mut *rx0, &cfg)
-        .await
-        .map_err(|e| link_err(&selectors[first], e))?
-    {
+    // A receiver at its caps answers Reject(Busy): wait (backing off) and
+    // ask again, up to `pause_after`, like a link that is down.
+    let busy_since = Instant::now();
+    let mut busy_wait = BUSY_WAIT_FIRST;
+    let answer = loop {
+        wire::send_within(&mut *tx0, opening_body.clone(), cfg.accept_timeout)
+            .await
+            .map_err(|e| link_err(&selectors[first], e))?;
+        let answer = await_answer(&mut *rx0, &cfg)
+            .await
+            .map_err(|e| link_err(&selectors[first], e))?;
+        match &answer {
+            Body::Reject(r)
+                if r.code == RejectCode::Busy && busy_since.elapsed() < cfg.pause_after =>
+            {
+                tracing::info!(parent: &span, "{}; asking again in {busy_wait:?}", r.message);
+                progress
+                    .send_modify(|p| p.status = format!("receiver busy, waiting: {}", r.message));
+                tokio::time::sleep(busy_wait).await;
+                busy_wait = (busy_wait * 2).min(BUSY_WAIT_MAX);
+            }
+            _ => break answer,
+        }
+    };
+    let accept = match answer {
         Body::Accept(a) => a,
         Body::Reject(r) => {
             engine.handle_reject(&r);
@@ -573,7 +591,7 @@ pub async fn send(
                                 if disk_full.is_none() {
                                     let acked = shared.engine().progress().acked_bytes;
                                     tracing::warn!(parent: &span, "the receiver's disk is full ({why}); waiting up to {:?} for room, checking every {:?}", cfg.pause_after, cfg.engine.retry_interval);
-                                    save_signal(&state, &rec.id, &shared, &Signal::Error { link, reason: format!("receiver disk full: {why}"), requeued: Vec::new() }, "ERROR")?;
+                                    save_signal(&state, &rec.id, &shared, &Signal::Error { link, reason: format!("receiver disk full: {why}"), requeued: Vec::new() }, "ERROR", cfg.max_paused_frames_per_transfer)?;
                                     disk_full = Some((Instant::now(), acked, why));
                                 }
                             }
@@ -741,9 +759,14 @@ pub async fn send(
                 Event::Signal(sig) => {
                     for action in ihs::decide(&sig, &cfg.engine, now) {
                         match action {
-                            Action::SaveFrame { signal } => {
-                                save_signal(&state, &rec.id, &shared, &sig, signal)?
-                            }
+                            Action::SaveFrame { signal } => save_signal(
+                                &state,
+                                &rec.id,
+                                &shared,
+                                &sig,
+                                signal,
+                                cfg.max_paused_frames_per_transfer,
+                            )?,
                             Action::RetryLinkAt { .. } | Action::Continue | Action::KeepRecords => {
                             }
                             Action::DeleteRecords => {
@@ -1257,6 +1280,7 @@ fn save_signal(
     shared: &Shared,
     sig: &Signal,
     name: &str,
+    keep: usize,
 ) -> Result<(), NodeError> {
     let meta = match sig {
         Signal::Error {
@@ -1279,6 +1303,7 @@ fn save_signal(
     state
         .store()
         .save_paused_frame(Some(id), name, &frame, &meta.to_string(), now_ms())?;
+    state.store().trim_paused_frames(id, keep)?;
     Ok(())
 }
 
@@ -1286,6 +1311,10 @@ fn save_signal(
 /// A writer stuck on a path that died silently holds its link until TCP
 /// gives up (a minute); the control task must not wait with it.
 const LINK_LOCK_WAIT: Duration = Duration::from_millis(500);
+
+/// A busy receiver is asked again after this, doubling up to `BUSY_WAIT_MAX`.
+const BUSY_WAIT_FIRST: Duration = Duration::from_millis(250);
+const BUSY_WAIT_MAX: Duration = Duration::from_secs(4);
 
 /// How long the control task waits for a link to take one small frame
 /// (a Complete). A stalled link (the peer stopped reading; a path that died

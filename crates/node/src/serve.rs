@@ -13,7 +13,7 @@ use bytes::Bytes;
 use gateway_link::{FrameRx, Link, Registry};
 use gateway_proto::{Body, ErrorCode, Offer, Reject, RejectCode, Reload, TransferId};
 use gateway_store::Direction;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -71,6 +71,34 @@ struct Server {
     events: mpsc::UnboundedSender<ServeEvent>,
     /// The listeners' selectors, told to peers in Hello (expanded per interface).
     listening: Vec<String>,
+    /// `caps.max_links`: one permit per link served.
+    links: Arc<Semaphore>,
+    /// `caps.max_handshaking_links`: one permit per link before its Hello.
+    handshaking: Arc<Semaphore>,
+    /// Links per peer key (`caps.max_links_per_peer`).
+    peer_links: Mutex<HashMap<String, usize>>,
+}
+
+/// One peer link counted in `Server::peer_links`; uncounted on drop.
+struct PeerLinkSlot {
+    server: Arc<Server>,
+    peer: String,
+}
+
+impl Drop for PeerLinkSlot {
+    fn drop(&mut self) {
+        let mut m = self
+            .server
+            .peer_links
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// A running receiver.
@@ -112,6 +140,9 @@ pub async fn start(
     let local: Vec<String> = listeners.iter().map(|l| l.local_selector()).collect();
     let (etx, erx) = mpsc::unbounded_channel();
     let server = Arc::new(Server {
+        links: Arc::new(Semaphore::new(cfg.caps.max_links)),
+        handshaking: Arc::new(Semaphore::new(cfg.caps.max_handshaking_links)),
+        peer_links: Mutex::new(HashMap::new()),
         state,
         cfg,
         dir,
@@ -136,8 +167,13 @@ pub async fn start(
                     _ = stop_rx.changed() => break,
                     acc = listener.accept() => match acc {
                         Ok(link) => {
+                            // Over a connection cap the link is closed before
+                            // any crypto runs: a flood costs an accept each.
+                            let Some(permits) = server.admit(&*link) else {
+                                continue;
+                            };
                             let span = tracing::info_span!("link", sel = %link.info().selector, peer = %link.info().peer);
-                            links.spawn(serve_link(server.clone(), link, stop_rx.clone()).instrument(span));
+                            links.spawn(serve_link(server.clone(), link, permits, stop_rx.clone()).instrument(span));
                         }
                         Err(e) => {
                             tracing::warn!(listen = %local_sel, "accept failed: {e}");
@@ -267,12 +303,96 @@ impl ServeHandle {
                 &meta.to_string(),
                 now_ms(),
             )?;
+            self.server
+                .state
+                .store()
+                .trim_paused_frames(&s.id, self.server.cfg.max_paused_frames_per_transfer)?;
         }
         Ok(())
     }
 }
 
+/// The permits an accepted link holds: one of `max_links` for its life, one
+/// of `max_handshaking_links` until its Hello.
+struct Admitted {
+    link: OwnedSemaphorePermit,
+    handshake: OwnedSemaphorePermit,
+}
+
 impl Server {
+    /// Admits a new link under the connection caps, or drops it and says why.
+    fn admit(&self, link: &dyn Link) -> Option<Admitted> {
+        let refused = |why: String| {
+            tracing::warn!(peer = %link.info().peer, "link closed at once: {why}");
+            let _ = self.events.send(ServeEvent::Refused {
+                peer: link.info().peer.clone(),
+                why,
+            });
+            None
+        };
+        let Ok(link_permit) = self.links.clone().try_acquire_owned() else {
+            return refused(format!(
+                "{} links are open (serve.max_links)",
+                self.cfg.caps.max_links
+            ));
+        };
+        let Ok(handshake) = self.handshaking.clone().try_acquire_owned() else {
+            return refused(format!(
+                "{} links are in their handshake (serve.max_handshaking_links); a flood of silent connections?",
+                self.cfg.caps.max_handshaking_links
+            ));
+        };
+        Some(Admitted {
+            link: link_permit,
+            handshake,
+        })
+    }
+
+    /// Counts one more link from `peer`, or `Err(links it has)` at the cap.
+    fn peer_link(self: &Arc<Self>, peer: &str) -> Result<PeerLinkSlot, usize> {
+        let mut m = self.peer_links.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(peer.to_string()).or_insert(0);
+        if *n >= self.cfg.caps.max_links_per_peer {
+            return Err(*n);
+        }
+        *n += 1;
+        Ok(PeerLinkSlot {
+            server: self.clone(),
+            peer: peer.to_string(),
+        })
+    }
+
+    /// Transfers being fed now (a link attached), in all and from `peer`.
+    fn open_transfers(&self, peer: &str) -> (usize, usize) {
+        let m = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let fed = m.values().filter(|s| s.is_fed());
+        fed.fold((0, 0), |(all, mine), s| {
+            (all + 1, mine + usize::from(s.peer == peer))
+        })
+    }
+
+    /// `Some(Reject(Busy))` when one more transfer fed by `peer` would pass a
+    /// cap. A stream already fed is no new load and is never refused.
+    fn refuse_busy(&self, id: TransferId, peer: &str) -> Option<Reject> {
+        if self.stream(&id).is_some_and(|s| s.is_fed()) {
+            return None;
+        }
+        let caps = &self.cfg.caps;
+        let (all, mine) = self.open_transfers(peer);
+        let why = if all >= caps.max_open_transfers {
+            format!("{all} transfers are open (serve.max_open_transfers)")
+        } else if mine >= caps.max_open_transfers_per_peer {
+            format!("{mine} of your transfers are open (serve.max_open_transfers_per_peer)")
+        } else {
+            return None;
+        };
+        Some(Reject {
+            transfer_id: id,
+            code: RejectCode::Busy,
+            message: format!("the receiver is busy: {why}; wait and try again"),
+        })
+    }
+
     fn all_streams(&self) -> Vec<Arc<FileStream>> {
         self.streams
             .lock()
@@ -371,7 +491,7 @@ impl Server {
             if s.peer != peer {
                 return Ok(Body::Reject(Reject {
                     transfer_id: offer.transfer_id,
-                    code: RejectCode::Busy,
+                    code: RejectCode::Other,
                     message: "that transfer id belongs to another peer".into(),
                 }));
             }
@@ -428,7 +548,16 @@ impl Server {
 
 /// One accepted link: Noise handshake, Hello, then FILE frames until it
 /// closes or misbehaves.
-async fn serve_link(server: Arc<Server>, link: Box<dyn Link>, mut stop: watch::Receiver<bool>) {
+async fn serve_link(
+    server: Arc<Server>,
+    link: Box<dyn Link>,
+    permits: Admitted,
+    mut stop: watch::Receiver<bool>,
+) {
+    let Admitted {
+        link: _link_permit,
+        handshake: handshake_permit,
+    } = permits;
     let info = link.info().clone();
     let cfg = &server.cfg;
     let secure = tokio::select! {
@@ -486,7 +615,29 @@ async fn serve_link(server: Arc<Server>, link: Box<dyn Link>, mut stop: watch::R
             }
         }
     };
-    if let Some(hello) = peer {
+    // Past its Hello (or refused): no longer a handshaking link.
+    drop(handshake_permit);
+    let slot = match peer {
+        Some(hello) => match server.peer_link(remote.as_str()) {
+            Ok(slot) => Some((hello, slot)),
+            Err(n) => {
+                refuse_with(
+                    &server,
+                    &otx,
+                    &info.peer,
+                    None,
+                    ErrorCode::Busy,
+                    format!(
+                        "this receiver already serves {n} links from your key (serve.max_links_per_peer); try again when one closes"
+                    ),
+                )
+                .await;
+                None
+            }
+        },
+        None => None,
+    };
+    if let Some((hello, _slot)) = slot {
         match trust::record_hello(&server.state, cfg.trust, &remote, &hello, &info.peer) {
             Ok(rec) => {
                 tracing::info!(peer = %hello.name, id = %remote, trust = %rec.trust, "hello")
@@ -576,7 +727,7 @@ async fn refuse(
 ) {
     let code = match e {
         WireError::Proto(p) => p.code(),
-        WireError::Timeout(_) => ErrorCode::Protocol,
+        WireError::Timeout(_) => ErrorCode::Protocol, // idle past serve.link_idle_timeout
         WireError::Link(_) | WireError::Stalled(_) => return, // nothing to tell a dead link
     };
     refuse_with(server, otx, peer, id, code, e.to_string()).await;
@@ -591,9 +742,8 @@ async fn refuse_with(
     msg: String,
 ) {
     tracing::warn!(%peer, "dropping link: {msg}");
-    let _ = otx
-        .send(wire::encode(wire::error_body(id, code, msg.clone())))
-        .await;
+    let body = wire::error_body(id, code, msg.clone());
+    let _ = reply(otx, body, server.cfg.caps.link_idle_timeout).await;
     let _ = server.events.send(ServeEvent::Refused {
         peer: peer.to_string(),
         why: msg,
@@ -612,8 +762,9 @@ async fn file_loop(
     let mut current: Option<Arc<FileStream>> = None;
     // Transfers this link joined by Offer or Reload: the only ones it may feed.
     let mut joined: std::collections::HashSet<TransferId> = std::collections::HashSet::new();
+    let idle = server.cfg.caps.link_idle_timeout;
     loop {
-        let frame = match wire::recv(rx, &server.cfg.limits).await {
+        let frame = match wire::recv_within(rx, &server.cfg.limits, idle).await {
             Ok(f) => f,
             Err(e) => {
                 refuse(server, otx, peer_addr, current.as_ref().map(|s| s.id), &e).await;
@@ -622,13 +773,19 @@ async fn file_loop(
         };
         // Only a trusted key opens a FILE stream; anyone may say Hello.
         let refusal = match &frame.body {
-            Body::Offer(o) => server.refuse_untrusted(peer, o.transfer_id),
-            Body::Reload(r) => server.refuse_untrusted(peer, r.transfer_id),
+            Body::Offer(o) => server
+                .refuse_untrusted(peer, o.transfer_id)
+                .or_else(|| server.refuse_busy(o.transfer_id, peer_id)),
+            Body::Reload(r) => server
+                .refuse_untrusted(peer, r.transfer_id)
+                .or_else(|| server.refuse_busy(r.transfer_id, peer_id)),
             _ => None,
         };
         if let Some(r) = refusal {
             tracing::warn!(peer = %peer.id, name = %peer.name, "refused: {}", r.message);
-            let _ = otx.send(wire::encode(Body::Reject(r))).await;
+            if !reply(otx, Body::Reject(r), idle).await {
+                return;
+            }
             continue;
         }
         match frame.body {
@@ -642,24 +799,34 @@ async fn file_loop(
                             current = Some(s);
                         }
                     }
-                    let _ = otx.send(wire::encode(body)).await;
+                    if !reply(otx, body, idle).await {
+                        return;
+                    }
                 }
                 Err(e) => {
                     tracing::error!("offer failed: {e}");
-                    let _ = otx
-                        .send(wire::encode(Body::Reject(Reject {
+                    if !reply(
+                        otx,
+                        Body::Reject(Reject {
                             transfer_id: offer.transfer_id,
                             code: RejectCode::Other,
                             message: e.to_string(),
-                        })))
-                        .await;
+                        }),
+                        idle,
+                    )
+                    .await
+                    {
+                        return;
+                    }
                 }
             },
             Body::Reload(reload) => match server.on_reload(&reload, peer_id) {
                 Ok(Some(s)) => {
                     s.attach(otx);
                     joined.insert(reload.transfer_id);
-                    let _ = otx.send(wire::encode(Body::Accept(s.accept()))).await;
+                    if !reply(otx, Body::Accept(s.accept()), idle).await {
+                        return;
+                    }
                     current = Some(s);
                 }
                 Ok(None)
@@ -667,7 +834,9 @@ async fn file_loop(
                         server.finished_accept(&reload.transfer_id, peer_id) =>
                 {
                     joined.insert(reload.transfer_id);
-                    let _ = otx.send(wire::encode(body)).await;
+                    if !reply(otx, body, idle).await {
+                        return;
+                    }
                 }
                 Ok(None) => {
                     refuse_with(
@@ -734,7 +903,9 @@ async fn file_loop(
                 }
                 match s.write(&data) {
                     Ok(ack) => {
-                        let _ = otx.send(wire::encode(Body::Ack(ack))).await;
+                        if !reply(otx, Body::Ack(ack), idle).await {
+                            return;
+                        }
                         if s.checkpoint_due() {
                             let s2 = s.clone();
                             tokio::spawn(async move {
@@ -782,7 +953,9 @@ async fn file_loop(
                 if loaded.is_none()
                     && let Some(v) = verdict_of_landed()
                 {
-                    let _ = otx.send(wire::encode(Body::Verdict(v))).await;
+                    if !reply(otx, Body::Verdict(v), idle).await {
+                        return;
+                    }
                     continue;
                 }
                 let Some(s) = loaded.filter(|_| joined.contains(&c.transfer_id)) else {
@@ -800,7 +973,9 @@ async fn file_loop(
                 match s.finish(&c).await {
                     Ok((verdict, path)) => {
                         let ok = verdict.ok;
-                        let _ = otx.send(wire::encode(Body::Verdict(verdict))).await;
+                        if !reply(otx, Body::Verdict(verdict), idle).await {
+                            return;
+                        }
                         if ok {
                             server
                                 .streams
@@ -832,7 +1007,9 @@ async fn file_loop(
                 }
             }
             Body::Ping(n) => {
-                let _ = otx.send(wire::encode(Body::Pong(n))).await;
+                if !reply(otx, Body::Pong(n), idle).await {
+                    return;
+                }
             }
             Body::Pong(_) | Body::Hello(_) => {}
             Body::Bye(_) => return,
@@ -854,6 +1031,13 @@ async fn file_loop(
             }
         }
     }
+}
+
+/// Queues one frame for the link's writer, waiting at most `idle` for room.
+/// `false`: the peer has not taken our frames for that long (it stopped
+/// reading); the caller drops the link rather than wait on it for good.
+async fn reply(otx: &mpsc::Sender<Bytes>, body: Body, idle: std::time::Duration) -> bool {
+    otx.send_timeout(wire::encode(body), idle).await.is_ok()
 }
 
 fn libc_enospc() -> i32 {

@@ -1178,3 +1178,167 @@ async fn a_tree_sent_again_sends_only_what_changed_and_lands_changed_files_besid
     assert_eq!(std::fs::read(dest.join("d/edit.txt")).unwrap(), b"third");
     server.shutdown().await.unwrap();
 }
+
+// ---- the receiver's caps (NodeConfig::caps)
+
+/// A peer with `key`'s identity on a new link: handshake and Hello done.
+async fn peer_with_key(
+    reg: &Registry,
+    sel: &str,
+    st: &NodeState,
+) -> Result<(Box<dyn FrameTx>, Box<dyn FrameRx>), String> {
+    let link = reg.open(sel).await.map_err(|e| e.to_string())?;
+    let secure = gateway_secure::connect(link, &st.key, Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut tx, mut rx) = Box::new(secure).split();
+    let hello = wire::hello(st, &[]);
+    wire::exchange_hello(
+        &mut *tx,
+        &mut *rx,
+        hello,
+        &Limits::default(),
+        Duration::from_secs(5),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok((tx, rx))
+}
+
+/// The next Refused event's reason, within 5 s.
+async fn next_refusal(server: &mut ServeHandle) -> String {
+    let limit = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = limit.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, server.events.recv()).await {
+            Ok(Some(gateway_node::serve::ServeEvent::Refused { why, .. })) => return why,
+            Ok(Some(_)) => {}
+            _ => panic!("no Refused event within 5 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_at_its_open_transfer_cap_says_busy_and_the_next_sender_waits_its_turn() {
+    let pair = Pair::new();
+    let mut cfg = any_cfg();
+    cfg.caps.max_open_transfers = 1;
+    let server = pair.serve_with(&["mock:cap"], cfg).await;
+    // One peer holds the only slot: its Offer is accepted, its link feeds it.
+    let (mut tx1, mut rx1) = raw_peer(&pair.reg, "mock:cap").await;
+    wire::send(&mut *tx1, Body::Offer(offer("held.bin", 1 << 20)))
+        .await
+        .unwrap();
+    let f = wire::recv_within(&mut *rx1, &Limits::default(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(matches!(f.body, Body::Accept(_)), "first Offer accepted");
+    // A second peer is told Busy, with the cap's name, and keeps its link.
+    let (mut tx2, mut rx2) = raw_peer(&pair.reg, "mock:cap").await;
+    let mut other = offer("other.bin", 10);
+    other.transfer_id = [2; 16];
+    wire::send(&mut *tx2, Body::Offer(other.clone()))
+        .await
+        .unwrap();
+    let r = expect_reject(&mut *rx2).await;
+    assert_eq!(r.code, gateway_proto::RejectCode::Busy);
+    assert!(
+        r.message.contains("serve.max_open_transfers"),
+        "{}",
+        r.message
+    );
+    // A real sender waits (its status says why) and lands once the slot frees.
+    let src = pair.outbox.join("waits.bin");
+    let data = write_file(&src, 300_000, 3);
+    let mut run = pair.spawn_send_with(&src, &["mock:cap".into()], any_cfg());
+    run.until(|p| p.status.contains("receiver busy")).await;
+    assert!(
+        !run.task.is_finished(),
+        "the sender gave up instead of waiting"
+    );
+    drop((tx1, rx1));
+    let report = within(Duration::from_secs(30), run.task).await.unwrap();
+    assert_eq!(report.verdict, "ok");
+    assert_eq!(std::fs::read(pair.inbox.join("waits.bin")).unwrap(), data);
+    drop((tx2, rx2));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_silent_connections_is_capped_and_each_is_cut_at_the_handshake_timeout() {
+    let pair = Pair::new();
+    let mut cfg = small_cfg();
+    cfg.caps.max_handshaking_links = 2;
+    cfg.handshake_timeout = Duration::from_millis(500);
+    let mut server = pair.serve_with(&["mock:loris"], cfg).await;
+    // Two connections that never say a word hold both handshake slots ...
+    let silent: Vec<Box<dyn Link>> = vec![
+        pair.reg.open("mock:loris").await.unwrap(),
+        pair.reg.open("mock:loris").await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // ... so a third is closed at once, before any crypto runs.
+    let t0 = Instant::now();
+    let st = NodeState::open(&pair.send_state).unwrap();
+    let third = peer_with_key(&pair.reg, "mock:loris", &st).await;
+    assert!(third.is_err(), "a link past the handshake cap was served");
+    assert!(
+        t0.elapsed() < Duration::from_millis(450),
+        "it waited for a timeout: {:?}",
+        t0.elapsed()
+    );
+    let why = next_refusal(&mut server).await;
+    assert!(why.contains("serve.max_handshaking_links"), "{why}");
+    // Each silent one is cut at the handshake timeout; a real sender then lands.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let src = pair.outbox.join("after.bin");
+    let data = write_file(&src, 200_000, 4);
+    pair.send(&src, &["mock:loris".into()]).await.unwrap();
+    assert_eq!(std::fs::read(pair.inbox.join("after.bin")).unwrap(), data);
+    drop(silent);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verified_peer_that_goes_quiet_is_dropped_at_the_idle_timeout() {
+    let pair = Pair::new();
+    let mut cfg = any_cfg();
+    cfg.caps.link_idle_timeout = Duration::from_millis(300);
+    let server = pair.serve_with(&["mock:quiet"], cfg).await;
+    let (_tx, mut rx) = raw_peer(&pair.reg, "mock:quiet").await;
+    let t0 = Instant::now();
+    let msg = expect_error_and_drop(&mut *rx, ErrorCode::Protocol).await;
+    assert!(msg.contains("no frame within"), "{msg}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "dropped too soon"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_from_one_key_past_the_per_peer_cap_are_refused_busy() {
+    let pair = Pair::new();
+    let mut cfg = any_cfg();
+    cfg.caps.max_links_per_peer = 2;
+    let server = pair.serve_with(&["mock:per"], cfg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let st = NodeState::open(dir.path()).unwrap();
+    let a = peer_with_key(&pair.reg, "mock:per", &st).await.unwrap();
+    let b = peer_with_key(&pair.reg, "mock:per", &st).await.unwrap();
+    let err = peer_with_key(&pair.reg, "mock:per", &st).await;
+    // The third link hears Busy (after its Hello; the key is known by then).
+    let (_tx, mut rx) = match err {
+        Ok(halves) => halves,
+        Err(e) => panic!("the third link failed before its Hello: {e}"),
+    };
+    let msg = expect_error_and_drop(&mut *rx, ErrorCode::Busy).await;
+    assert!(msg.contains("serve.max_links_per_peer"), "{msg}");
+    // Another key is not counted against this one; a closed link frees its slot.
+    let other = raw_peer(&pair.reg, "mock:per").await;
+    drop(a);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let again = peer_with_key(&pair.reg, "mock:per", &st).await.unwrap();
+    drop((b, other, again));
+    server.shutdown().await.unwrap();
+}

@@ -386,6 +386,7 @@ fn error_code_from_wire(c: wire::ErrorCode) -> ErrorCode {
         wire::ErrorCode::Io => ErrorCode::Io,
         wire::ErrorCode::Protocol => ErrorCode::Protocol,
         wire::ErrorCode::NotTrusted => ErrorCode::NotTrusted,
+        wire::ErrorCode::Busy => ErrorCode::Busy,
         // Internal, and codes added by newer peers.
         _ => ErrorCode::Internal,
     }
@@ -403,6 +404,7 @@ fn error_code_to_wire(c: ErrorCode) -> wire::ErrorCode {
         ErrorCode::Protocol => wire::ErrorCode::Protocol,
         ErrorCode::NotTrusted => wire::ErrorCode::NotTrusted,
         ErrorCode::Internal => wire::ErrorCode::Internal,
+        ErrorCode::Busy => wire::ErrorCode::Busy,
     }
 }
 

@@ -193,6 +193,9 @@ pub enum ErrorCode {
     NotTrusted,
     /// A bug or unexpected state (also what unknown codes from newer peers decode to).
     Internal,
+    /// The receiver is at one of its caps (links, handshakes, open transfers);
+    /// try again later.
+    Busy,
 }
 
 /// Error report, optionally about one transfer.

@@ -477,6 +477,24 @@ impl Store {
         Ok(self.conn.last_insert_rowid())
     }
 
+    /// Keeps only the newest `keep` saved frames of a transfer (a link that
+    /// fails again and again must not grow the DB without bound); returns how
+    /// many were deleted.
+    pub fn trim_paused_frames(
+        &self,
+        transfer: &TransferId,
+        keep: usize,
+    ) -> Result<usize, StoreError> {
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        Ok(self
+            .conn
+            .prepare_cached(
+                "DELETE FROM paused_frames WHERE transfer_id = ?1 AND id NOT IN
+                   (SELECT id FROM paused_frames WHERE transfer_id = ?1 ORDER BY id DESC LIMIT ?2)",
+            )?
+            .execute(params![&transfer[..], keep])?)
+    }
+
     /// The saved frames of a transfer, oldest first.
     pub fn paused_frames(&self, transfer: &TransferId) -> Result<Vec<PausedFrame>, StoreError> {
         let mut stmt = self.conn.prepare_cached(

@@ -527,6 +527,33 @@ fn delete_transfer_keeps_paused_frames_while_the_other_side_remains() {
 }
 
 #[test]
+fn trimming_paused_frames_keeps_the_newest_of_that_transfer_only() {
+    let store = Store::open_in_memory().unwrap();
+    let other = [8u8; 16];
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        ids.push(
+            store
+                .save_paused_frame(Some(&ID), "ERROR", &[i], "{}", i64::from(i))
+                .unwrap(),
+        );
+    }
+    store
+        .save_paused_frame(Some(&other), "ERROR", &[0], "{}", 0)
+        .unwrap();
+    assert_eq!(store.trim_paused_frames(&ID, 3).unwrap(), 7);
+    let kept: Vec<i64> = store
+        .paused_frames(&ID)
+        .unwrap()
+        .iter()
+        .map(|f| f.id)
+        .collect();
+    assert_eq!(kept, ids[7..]);
+    assert_eq!(store.paused_frames(&other).unwrap().len(), 1);
+    assert_eq!(store.trim_paused_frames(&ID, 3).unwrap(), 0);
+}
+
+#[test]
 fn paused_frames_round_trip_in_save_order() {
     let store = Store::open_in_memory().unwrap();
     let a = store

@@ -210,10 +210,10 @@ impl ::flatbuffers::SimpleToVerifyInSlice for RejectCode {}
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 pub const ENUM_MIN_ERROR_CODE: u8 = 0;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
-pub const ENUM_MAX_ERROR_CODE: u8 = 9;
+pub const ENUM_MAX_ERROR_CODE: u8 = 10;
 #[deprecated(since = "2.0.0", note = "Use associated constants instead. This will no longer be generated in 2021.")]
 #[allow(non_camel_case_types)]
-pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 10] = [
+pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 11] = [
   ErrorCode::Malformed,
   ErrorCode::TooLarge,
   ErrorCode::OutOfBounds,
@@ -224,6 +224,7 @@ pub const ENUM_VALUES_ERROR_CODE: [ErrorCode; 10] = [
   ErrorCode::Protocol,
   ErrorCode::NotTrusted,
   ErrorCode::Internal,
+  ErrorCode::Busy,
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -241,9 +242,10 @@ impl ErrorCode {
   pub const Protocol: Self = Self(7);
   pub const NotTrusted: Self = Self(8);
   pub const Internal: Self = Self(9);
+  pub const Busy: Self = Self(10);
 
   pub const ENUM_MIN: u8 = 0;
-  pub const ENUM_MAX: u8 = 9;
+  pub const ENUM_MAX: u8 = 10;
   pub const ENUM_VALUES: &'static [Self] = &[
     Self::Malformed,
     Self::TooLarge,
@@ -255,6 +257,7 @@ impl ErrorCode {
     Self::Protocol,
     Self::NotTrusted,
     Self::Internal,
+    Self::Busy,
   ];
   /// Returns the variant's name or "" if unknown.
   pub fn variant_name(self) -> Option<&'static str> {
@@ -269,6 +272,7 @@ impl ErrorCode {
       Self::Protocol => Some("Protocol"),
       Self::NotTrusted => Some("NotTrusted"),
       Self::Internal => Some("Internal"),
+      Self::Busy => Some("Busy"),
       _ => None,
     }
   }
