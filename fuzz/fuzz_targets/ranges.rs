@@ -179,6 +179,8 @@ fn sender(c: &mut Cursor<'_>) {
     let t0 = Instant::now();
     let mut now = t0;
     let mut verdict_ok_allowed = false;
+    // Failed verdicts taken so far: the round the next Complete opens.
+    let mut rounds: u32 = 0;
     while !c.is_empty() {
         let before = s.phase().clone();
         match c.u8() % 12 {
@@ -223,18 +225,37 @@ fn sender(c: &mut Cursor<'_>) {
             }
             4 => {
                 let ok = c.u8() % 2 == 0;
+                let round = u32::from(c.u8() % 3);
                 let bad = peer_ranges(c);
-                verdict_ok_allowed = before == Phase::Verifying;
+                let live = before == Phase::Verifying && round == rounds;
+                verdict_ok_allowed = live;
                 let r = s.handle_verdict(&Verdict {
                     transfer_id: id,
                     ok,
                     bad_chunks: bad.clone(),
                     message: String::new(),
+                    round,
                 });
-                if before != Phase::Verifying {
-                    assert!(r.is_err(), "a Verdict taken in {before:?}");
+                // A copy of an earlier round's verdict, or any after the end,
+                // is no news: taken quietly, nothing changes.
+                let stale = round < rounds
+                    || matches!(before, Phase::Done | Phase::Failed(_) | Phase::Stopped);
+                if stale {
+                    assert!(
+                        r.is_ok(),
+                        "a stale verdict (round {round} of {rounds}) was an error"
+                    );
+                    assert_eq!(*s.phase(), before, "a stale verdict changed the phase");
+                } else if !live {
+                    assert!(
+                        r.is_err(),
+                        "a Verdict taken in {before:?} (round {round} of {rounds})"
+                    );
                 } else if !ok {
                     assert_eq!(r.is_ok(), fits(&bad, chunks), "verdict {bad:?}");
+                    if r.is_ok() {
+                        rounds += 1;
+                    }
                 }
             }
             5 => s.link_up(u32::from(c.u8() % 3)),
@@ -262,8 +283,12 @@ fn sender(c: &mut Cursor<'_>) {
             }
             9 => s.set_file_hash([1; 32]),
             10 => {
-                if let Some(Complete { transfer_id, .. }) = s.poll_complete() {
+                if let Some(Complete {
+                    transfer_id, round, ..
+                }) = s.poll_complete()
+                {
                     assert_eq!(transfer_id, id);
+                    assert_eq!(round, rounds, "Complete opens the wrong round");
                     assert_eq!(
                         s.progress().acked_bytes,
                         size,
@@ -370,6 +395,7 @@ fn receiver(c: &mut Cursor<'_>) {
                     &Complete {
                         transfer_id: id,
                         file_hash: [2; 32],
+                        round: 0,
                     },
                     now,
                 ) {

@@ -83,6 +83,8 @@ pub struct Receiver {
     bytes_since_checkpoint: u64,
     last_checkpoint: Instant,
     expected: Option<Hash>,
+    /// The round of the last Complete, echoed in the verdict.
+    round: u32,
 }
 
 impl Receiver {
@@ -101,6 +103,7 @@ impl Receiver {
             bytes_since_checkpoint: 0,
             last_checkpoint: now,
             expected: None,
+            round: 0,
         }
     }
 
@@ -267,6 +270,7 @@ impl Receiver {
         }
         self.phase = RecvPhase::Verifying;
         self.expected = Some(c.file_hash);
+        self.round = c.round;
         Ok(Finish {
             sync: self.take_job(now),
             expected: c.file_hash,
@@ -306,6 +310,7 @@ impl Receiver {
             ok,
             bad_chunks: bad.ranges().to_vec(),
             message,
+            round: self.round,
         }
     }
 
@@ -470,6 +475,7 @@ mod tests {
                 &Complete {
                     transfer_id: [1; 16],
                     file_hash: H,
+                    round: 0,
                 },
                 Instant::now(),
             )

@@ -74,14 +74,36 @@ pub enum Event {
 struct LinkState {
     up: bool,
     inflight_bytes: u64,
-    /// chunk index -> time the copy on this link was sent.
-    inflight: BTreeMap<u64, Instant>,
+    /// chunk index -> when and in what order the copy on this link was sent.
+    inflight: BTreeMap<u64, Flight>,
+    /// The order number of the next chunk sent on this link.
+    next_seq: u64,
+    /// When an ack for a chunk this link carried last arrived on it: a link
+    /// that acks is moving, and chunks queued behind on it are not stuck.
+    acked_at: Option<Instant>,
+    /// Chunks this link gave back at chunk_timeout while up: their first
+    /// copy may still be in its pipe, so an ack for one of them is ambiguous
+    /// (which copy?) and says nothing about what was lost (Karn).
+    timed_out: std::collections::BTreeSet<u64>,
     retry_at: Option<Instant>,
     /// When something last arrived on this link (see [`Sender::link_heard`]).
     heard_at: Option<Instant>,
     stats: LinkStats,
     est: Estimator,
 }
+
+/// One chunk copy in flight on a link.
+#[derive(Clone, Copy, Debug)]
+struct Flight {
+    at: Instant,
+    /// Its place in the link's send order. Links deliver in order, so a
+    /// chunk sent before one that is acked, and not acked itself, was lost.
+    seq: u64,
+}
+
+/// The most a link's queue adds to its chunk timeout (a link measured at a
+/// crawl must still give its chunks back in bounded time).
+const MAX_QUEUE_WAIT: Duration = Duration::from_secs(120);
 
 /// How often a delivery-rate sample is taken.
 const RATE_SAMPLE: Duration = Duration::from_millis(100);
@@ -156,6 +178,20 @@ impl LinkState {
     /// in flight, even when a chunk exceeds the window.
     fn has_room(&self, len: u64, cfg: &Config, chunk: u64) -> bool {
         self.inflight.is_empty() || self.inflight_bytes + len <= self.window(cfg, chunk)
+    }
+
+    /// How long this link may go without an ack before its chunks in flight
+    /// are given back: `chunk_timeout`, plus the time its measured rate needs
+    /// for what it has queued (a slow link that is moving is not stuck; one
+    /// chunk may take longer than `chunk_timeout` on it alone).
+    fn chunk_timeout(&self, cfg: &Config) -> Duration {
+        let queued = match self.est.rate() {
+            Some(rate) if rate > 0 => {
+                Duration::from_secs_f64(self.inflight_bytes as f64 / rate as f64)
+            }
+            _ => Duration::ZERO,
+        };
+        cfg.chunk_timeout + queued.min(MAX_QUEUE_WAIT)
     }
 
     /// Forgets this link's copy of `idx` (`len` bytes), freeing its window.
@@ -373,6 +409,7 @@ impl Sender {
         st.retry_at = Some(now + self.cfg.retry_interval);
         let lost: Vec<u64> = std::mem::take(&mut st.inflight).into_keys().collect();
         st.inflight_bytes = 0;
+        st.timed_out.clear();
         let mut requeued = Vec::new();
         for idx in lost {
             if self.drop_copy(idx, link) {
@@ -466,7 +503,7 @@ impl Sender {
             if *other_id == link {
                 continue;
             }
-            for (&idx, &sent_at) in &other.inflight {
+            for (&idx, &Flight { at: sent_at, .. }) in &other.inflight {
                 if now.saturating_duration_since(sent_at) < self.cfg.tail_duplicate_after {
                     continue;
                 }
@@ -487,7 +524,14 @@ impl Sender {
     fn record_send(&mut self, link: LinkId, chunk: ChunkRef, now: Instant) {
         let resent = !self.ever_sent.insert(chunk.index);
         let st = self.links.get_mut(&link).expect("link exists");
-        st.inflight.insert(chunk.index, now);
+        st.inflight.insert(
+            chunk.index,
+            Flight {
+                at: now,
+                seq: st.next_seq,
+            },
+        );
+        st.next_seq += 1;
         st.inflight_bytes += u64::from(chunk.len);
         st.stats.bytes_sent += u64::from(chunk.len);
         if resent {
@@ -532,6 +576,8 @@ impl Sender {
         now: Instant,
     ) -> Result<(), EngineError> {
         let set = RangeSet::from_ranges(ranges, self.geo.chunks())?;
+        // The latest-sent chunk this ack covers on this link.
+        let mut newest_seq: Option<u64> = None;
         for idx in set.iter() {
             let first = self.acked.insert(idx);
             let len = self.geo.chunk(idx).map_or(0, |c| u64::from(c.len));
@@ -540,8 +586,15 @@ impl Sender {
                     st.stats.bytes_acked += len;
                 }
                 // The copy this link carried: a round trip and a delivery.
-                if let Some(&sent_at) = st.inflight.get(&idx) {
-                    st.est.on_ack(sent_at, len, now);
+                let ambiguous = st.timed_out.remove(&idx);
+                if let Some(f) = st.inflight.get(&idx).copied() {
+                    st.acked_at = Some(now);
+                    if !ambiguous {
+                        st.est.on_ack(f.at, len, now);
+                        newest_seq = Some(newest_seq.map_or(f.seq, |n| n.max(f.seq)));
+                    }
+                } else if ambiguous {
+                    st.acked_at = Some(now);
                 }
             }
             if first {
@@ -554,6 +607,22 @@ impl Sender {
                         st.release(idx, len);
                     }
                 }
+            }
+        }
+        // Sent on this link before the newest chunk acked here, and not
+        // acked: lost on the way (links deliver in order). Give them back now
+        // rather than after chunk_timeout.
+        if let Some(newest) = newest_seq
+            && let Some(st) = self.links.get(&link)
+        {
+            let lost: Vec<u64> = st
+                .inflight
+                .iter()
+                .filter(|(_, f)| f.seq < newest)
+                .map(|(&idx, _)| idx)
+                .collect();
+            for idx in lost {
+                self.unsent(link, idx);
             }
         }
         self.maybe_complete();
@@ -610,6 +679,7 @@ impl Sender {
         Some(Complete {
             transfer_id: self.meta.transfer_id,
             file_hash: self.file_hash?,
+            round: self.verify_rounds,
         })
     }
 
@@ -617,7 +687,17 @@ impl Sender {
     /// again (only those), up to `max_verify_rounds` times.
     pub fn handle_verdict(&mut self, verdict: &Verdict) -> Result<(), EngineError> {
         self.check_id(&verdict.transfer_id)?;
-        if self.phase != Phase::Verifying {
+        // Complete is said again when it may have been lost, so a verdict
+        // can come twice, and a copy of an earlier round's can arrive after
+        // the sender moved on: neither is news. (Taken for the current
+        // round, a stale failing verdict would re-send chunks for nothing
+        // and could spend the verify rounds until the transfer fails.)
+        if verdict.round < self.verify_rounds
+            || matches!(self.phase, Phase::Done | Phase::Failed(_) | Phase::Stopped)
+        {
+            return Ok(());
+        }
+        if self.phase != Phase::Verifying || verdict.round != self.verify_rounds {
             return Err(EngineError::Unexpected("Verdict before Complete"));
         }
         if verdict.ok {
@@ -681,7 +761,7 @@ impl Sender {
             .iter()
             .filter(|(_, st)| st.up)
             .filter_map(|(&id, st)| {
-                let oldest = *st.inflight.values().min()?;
+                let oldest = st.inflight.values().map(|f| f.at).min()?;
                 let since = st.heard_at.map_or(oldest, |h| h.max(oldest));
                 (now.saturating_duration_since(since) >= silence).then_some(id)
             })
@@ -690,16 +770,25 @@ impl Sender {
             let why = format!("nothing heard for {silence:?} with chunks in flight");
             self.link_down(id, &why, now);
         }
-        let timeout = self.cfg.chunk_timeout;
+        // Stuck chunks: no ack on their link for chunk_timeout since they
+        // were sent. A slow link that keeps acking has its queue moving; its
+        // chunks are not stuck however long they wait their turn.
         let mut expired = Vec::new();
         for (&id, st) in &self.links {
-            for (&idx, &at) in &st.inflight {
-                if now.saturating_duration_since(at) >= timeout {
+            let timeout = st.chunk_timeout(&self.cfg);
+            for (&idx, f) in &st.inflight {
+                let since = st.acked_at.map_or(f.at, |a| a.max(f.at));
+                if now.saturating_duration_since(since) >= timeout {
                     expired.push((id, idx));
                 }
             }
         }
         for (link, idx) in expired {
+            if let Some(st) = self.links.get_mut(&link)
+                && st.up
+            {
+                st.timed_out.insert(idx);
+            }
             self.unsent(link, idx);
         }
         for (&id, st) in &mut self.links {
@@ -718,8 +807,9 @@ impl Sender {
         let mut next: Option<Instant> = None;
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for st in self.links.values() {
-            if let Some(&oldest) = st.inflight.values().min() {
-                consider(oldest + self.cfg.chunk_timeout);
+            if let Some(oldest) = st.inflight.values().map(|f| f.at).min() {
+                let since = st.acked_at.map_or(oldest, |a| a.max(oldest));
+                consider(since + st.chunk_timeout(&self.cfg));
                 if st.up {
                     let since = st.heard_at.map_or(oldest, |h| h.max(oldest));
                     consider(since + self.cfg.link_silence_timeout);
@@ -837,6 +927,7 @@ mod tests {
             ok: false,
             bad_chunks: vec![Range { start: 3, end: 4 }],
             message: String::new(),
+            round: 0,
         })
         .unwrap();
         assert_eq!(*s.phase(), Phase::Sending);
@@ -1064,6 +1155,55 @@ mod tests {
     }
 
     #[test]
+    fn a_late_copy_of_an_earlier_rounds_verdict_changes_nothing() {
+        // Found by the engine property test: Complete is said twice, the
+        // receiver answers both, the second failing verdict arrives after the
+        // sender went back to sending for the first. Before rounds, it ended
+        // the transfer ("Verdict before Complete") or spent a verify round.
+        let mut s = tx();
+        accept_all_missing(&mut s);
+        s.handle_ack(0, &[Range { start: 0, end: 10 }], Instant::now())
+            .unwrap();
+        s.set_file_hash([3; 32]);
+        assert_eq!(s.poll_complete().map(|c| c.round), Some(0));
+        let bad0 = Verdict {
+            transfer_id: [1; 16],
+            ok: false,
+            bad_chunks: vec![Range { start: 2, end: 3 }],
+            message: String::new(),
+            round: 0,
+        };
+        s.handle_verdict(&bad0).unwrap();
+        assert_eq!(*s.phase(), Phase::Sending);
+        // The copy: taken quietly while sending, and again while verifying.
+        s.handle_verdict(&bad0).unwrap();
+        assert_eq!(*s.phase(), Phase::Sending);
+        s.link_up(0);
+        let c = s.poll_chunk(0, Instant::now()).expect("chunk 2 again");
+        assert_eq!(c.index, 2);
+        s.handle_ack(0, &[Range { start: 2, end: 3 }], Instant::now())
+            .unwrap();
+        assert_eq!(s.poll_complete().map(|c| c.round), Some(1));
+        s.handle_verdict(&bad0).unwrap();
+        assert_eq!(
+            *s.phase(),
+            Phase::Verifying,
+            "round 0's verdict taken for round 1"
+        );
+        s.handle_verdict(&Verdict {
+            ok: true,
+            bad_chunks: vec![],
+            round: 1,
+            ..bad0.clone()
+        })
+        .unwrap();
+        assert_eq!(*s.phase(), Phase::Done);
+        // And after the end, another copy is no error either.
+        s.handle_verdict(&bad0).unwrap();
+        assert_eq!(*s.phase(), Phase::Done);
+    }
+
+    #[test]
     fn a_complete_due_when_the_transfer_failed_is_never_sent() {
         // Found by the `ranges` fuzz target: Complete due, a failing Verdict
         // ends the transfer, a rejoin takes the chunks back: no Complete.
@@ -1077,6 +1217,7 @@ mod tests {
             ok: false,
             bad_chunks: vec![],
             message: String::new(),
+            round: 0,
         })
         .unwrap();
         assert!(matches!(s.phase(), Phase::Failed(_)));

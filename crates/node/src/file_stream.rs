@@ -855,6 +855,7 @@ mod tests {
         let complete = Complete {
             transfer_id: [3; 16],
             file_hash: *blake3::hash(data).as_bytes(),
+            round: 0,
         };
         let (verdict, path) = s.finish(&complete).await.unwrap();
         assert!(verdict.ok, "{}", verdict.message);

@@ -480,6 +480,7 @@ impl Server {
                     f.path
                 )
             },
+            round: c.round,
         })
     }
 

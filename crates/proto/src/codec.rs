@@ -180,6 +180,7 @@ fn decode_body(root: &wire::Frame<'_>, buf: &Bytes, limits: &Limits) -> Result<B
             Body::Complete(Complete {
                 transfer_id: c.transfer_id().0,
                 file_hash: c.file_hash().0,
+                round: c.round(),
             })
         }
         wire::Body::Verdict => {
@@ -189,6 +190,7 @@ fn decode_body(root: &wire::Frame<'_>, buf: &Bytes, limits: &Limits) -> Result<B
                 ok: v.ok(),
                 bad_chunks: ranges(v.bad_chunks(), limits)?,
                 message: string(v.message(), "message", limits.max_message_bytes)?,
+                round: v.round(),
             })
         }
         wire::Body::Error => {
@@ -656,6 +658,7 @@ fn build_frame(fbb: &mut Fbb<'_>, frame: &Frame) {
             let args = wire::CompleteArgs {
                 transfer_id: Some(&id),
                 file_hash: Some(&hash),
+                round: c.round,
             };
             (
                 wire::Body::Complete,
@@ -669,6 +672,7 @@ fn build_frame(fbb: &mut Fbb<'_>, frame: &Frame) {
                 ok: v.ok,
                 bad_chunks: range_list(fbb, &v.bad_chunks),
                 message: opt_string(fbb, &v.message),
+                round: v.round,
             };
             (
                 wire::Body::Verdict,

@@ -154,6 +154,9 @@ pub struct Complete {
     pub transfer_id: TransferId,
     /// BLAKE3 of the whole file.
     pub file_hash: Hash,
+    /// The verify round this Complete opens: 0, then one more after each
+    /// failed verdict.
+    pub round: u32,
 }
 
 /// Receiver's answer to Complete.
@@ -167,6 +170,9 @@ pub struct Verdict {
     pub bad_chunks: Vec<Range>,
     /// Human-readable detail.
     pub message: String,
+    /// The round of the Complete this answers (a late copy of an earlier
+    /// round's verdict must not be taken for the current one).
+    pub round: u32,
 }
 
 /// Code carried by an Error frame.

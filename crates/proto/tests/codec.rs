@@ -424,6 +424,7 @@ fn rejects_bad_ranges_in_every_range_carrying_body() {
             ok: false,
             bad_chunks: bad.clone(),
             message: String::new(),
+            round: 0,
         }),
     ];
     for body in bodies {
@@ -531,6 +532,7 @@ fn caps_messages_and_bye_reason() {
             ok: true,
             bad_chunks: vec![],
             message: long.clone(),
+            round: 0,
         }),
         Body::Error(ErrorFrame {
             transfer_id: None,

@@ -163,6 +163,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
                 Body::Complete(Complete {
                     transfer_id: id,
                     file_hash: [1; 32],
+                    round: 0,
                 }),
             ),
         ),
@@ -175,6 +176,7 @@ fn frames() -> Vec<(&'static str, Frame)> {
                     ok: false,
                     bad_chunks: vec![Range::new(1, 2)],
                     message: "1 chunk(s) must be sent again".into(),
+                    round: 0,
                 }),
             ),
         ),

@@ -2281,6 +2281,7 @@ impl<'a> ::flatbuffers::Follow<'a> for Complete<'a> {
 impl<'a> Complete<'a> {
   pub const VT_TRANSFER_ID: ::flatbuffers::VOffsetT = 4;
   pub const VT_FILE_HASH: ::flatbuffers::VOffsetT = 6;
+  pub const VT_ROUND: ::flatbuffers::VOffsetT = 8;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2292,6 +2293,7 @@ impl<'a> Complete<'a> {
     args: &'args CompleteArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Complete<'bldr>> {
     let mut builder = CompleteBuilder::new(_fbb);
+    builder.add_round(args.round);
     if let Some(x) = args.file_hash { builder.add_file_hash(x); }
     if let Some(x) = args.transfer_id { builder.add_transfer_id(x); }
     builder.finish()
@@ -2312,6 +2314,14 @@ impl<'a> Complete<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<Hash>(Complete::VT_FILE_HASH, None).unwrap()}
   }
+  /// The verify round this Complete opens (0, then 1 after a failed verdict...).
+  #[inline]
+  pub fn round(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Complete::VT_ROUND, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Complete<'_> {
@@ -2322,6 +2332,7 @@ impl ::flatbuffers::Verifiable for Complete<'_> {
     v.visit_table(pos)?
      .visit_field::<TransferId>("transfer_id", Self::VT_TRANSFER_ID, true)?
      .visit_field::<Hash>("file_hash", Self::VT_FILE_HASH, true)?
+     .visit_field::<u32>("round", Self::VT_ROUND, false)?
      .finish();
     Ok(())
   }
@@ -2329,6 +2340,7 @@ impl ::flatbuffers::Verifiable for Complete<'_> {
 pub struct CompleteArgs<'a> {
     pub transfer_id: Option<&'a TransferId>,
     pub file_hash: Option<&'a Hash>,
+    pub round: u32,
 }
 impl<'a> Default for CompleteArgs<'a> {
   #[inline]
@@ -2336,6 +2348,7 @@ impl<'a> Default for CompleteArgs<'a> {
     CompleteArgs {
       transfer_id: None, // required field
       file_hash: None, // required field
+      round: 0,
     }
   }
 }
@@ -2352,6 +2365,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> CompleteBuilder<'a, 'b, A> {
   #[inline]
   pub fn add_file_hash(&mut self, file_hash: &Hash) {
     self.fbb_.push_slot_always::<&Hash>(Complete::VT_FILE_HASH, file_hash);
+  }
+  #[inline]
+  pub fn add_round(&mut self, round: u32) {
+    self.fbb_.push_slot::<u32>(Complete::VT_ROUND, round, 0);
   }
   #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> CompleteBuilder<'a, 'b, A> {
@@ -2375,6 +2392,7 @@ impl ::core::fmt::Debug for Complete<'_> {
     let mut ds = f.debug_struct("Complete");
       ds.field("transfer_id", &self.transfer_id());
       ds.field("file_hash", &self.file_hash());
+      ds.field("round", &self.round());
       ds.finish()
   }
 }
@@ -2398,6 +2416,7 @@ impl<'a> Verdict<'a> {
   pub const VT_OK: ::flatbuffers::VOffsetT = 6;
   pub const VT_BAD_CHUNKS: ::flatbuffers::VOffsetT = 8;
   pub const VT_MESSAGE: ::flatbuffers::VOffsetT = 10;
+  pub const VT_ROUND: ::flatbuffers::VOffsetT = 12;
 
   #[inline]
   pub unsafe fn init_from_table(table: ::flatbuffers::Table<'a>) -> Self {
@@ -2409,6 +2428,7 @@ impl<'a> Verdict<'a> {
     args: &'args VerdictArgs<'args>
   ) -> ::flatbuffers::WIPOffset<Verdict<'bldr>> {
     let mut builder = VerdictBuilder::new(_fbb);
+    builder.add_round(args.round);
     if let Some(x) = args.message { builder.add_message(x); }
     if let Some(x) = args.bad_chunks { builder.add_bad_chunks(x); }
     if let Some(x) = args.transfer_id { builder.add_transfer_id(x); }
@@ -2445,6 +2465,15 @@ impl<'a> Verdict<'a> {
     // which contains a valid value in this slot
     unsafe { self._tab.get::<::flatbuffers::ForwardsUOffset<&str>>(Verdict::VT_MESSAGE, None)}
   }
+  /// The round of the Complete this answers: a late copy of an earlier
+  /// round's verdict is told apart from the current one.
+  #[inline]
+  pub fn round(&self) -> u32 {
+    // Safety:
+    // Created from valid Table for this object
+    // which contains a valid value in this slot
+    unsafe { self._tab.get::<u32>(Verdict::VT_ROUND, Some(0)).unwrap()}
+  }
 }
 
 impl ::flatbuffers::Verifiable for Verdict<'_> {
@@ -2457,6 +2486,7 @@ impl ::flatbuffers::Verifiable for Verdict<'_> {
      .visit_field::<bool>("ok", Self::VT_OK, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<::flatbuffers::Vector<'_, Range>>>("bad_chunks", Self::VT_BAD_CHUNKS, false)?
      .visit_field::<::flatbuffers::ForwardsUOffset<&str>>("message", Self::VT_MESSAGE, false)?
+     .visit_field::<u32>("round", Self::VT_ROUND, false)?
      .finish();
     Ok(())
   }
@@ -2466,6 +2496,7 @@ pub struct VerdictArgs<'a> {
     pub ok: bool,
     pub bad_chunks: Option<::flatbuffers::WIPOffset<::flatbuffers::Vector<'a, Range>>>,
     pub message: Option<::flatbuffers::WIPOffset<&'a str>>,
+    pub round: u32,
 }
 impl<'a> Default for VerdictArgs<'a> {
   #[inline]
@@ -2475,6 +2506,7 @@ impl<'a> Default for VerdictArgs<'a> {
       ok: false,
       bad_chunks: None,
       message: None,
+      round: 0,
     }
   }
 }
@@ -2501,6 +2533,10 @@ impl<'a: 'b, 'b, A: ::flatbuffers::Allocator + 'a> VerdictBuilder<'a, 'b, A> {
     self.fbb_.push_slot_always::<::flatbuffers::WIPOffset<_>>(Verdict::VT_MESSAGE, message);
   }
   #[inline]
+  pub fn add_round(&mut self, round: u32) {
+    self.fbb_.push_slot::<u32>(Verdict::VT_ROUND, round, 0);
+  }
+  #[inline]
   pub fn new(_fbb: &'b mut ::flatbuffers::FlatBufferBuilder<'a, A>) -> VerdictBuilder<'a, 'b, A> {
     let start = _fbb.start_table();
     VerdictBuilder {
@@ -2523,6 +2559,7 @@ impl ::core::fmt::Debug for Verdict<'_> {
       ds.field("ok", &self.ok());
       ds.field("bad_chunks", &self.bad_chunks());
       ds.field("message", &self.message());
+      ds.field("round", &self.round());
       ds.finish()
   }
 }

@@ -158,6 +158,7 @@ pub fn every_variant() -> Vec<Frame> {
             Body::Complete(Complete {
                 transfer_id: ID,
                 file_hash: HASH,
+                round: 2,
             }),
         ),
         (
@@ -167,6 +168,7 @@ pub fn every_variant() -> Vec<Frame> {
                 ok: false,
                 bad_chunks: vec![r(3, 4), r(7, 8)],
                 message: "2 chunks differ".into(),
+                round: 1,
             }),
         ),
         (
@@ -176,6 +178,7 @@ pub fn every_variant() -> Vec<Frame> {
                 ok: true,
                 bad_chunks: vec![],
                 message: String::new(),
+                round: 0,
             }),
         ),
         (
