@@ -757,7 +757,7 @@ fn sixteen_links_of_mixed_rates_deliver_the_exact_file_and_all_carry() {
         100_000,
         250_000,
         500_000,
-        1 * MB,
+        MB,
         2 * MB,
         3 * MB,
         5 * MB,
