@@ -393,14 +393,25 @@ async fn raw_peer_claiming(
     sel: &str,
     claim: Option<&str>,
 ) -> (Box<dyn FrameTx>, Box<dyn FrameRx>) {
-    let link = reg.open(sel).await.unwrap();
     let state_dir = tempfile::tempdir().unwrap();
     let st = NodeState::open(state_dir.path()).unwrap();
+    peer_as(reg, sel, &st, claim).await.unwrap()
+}
+
+/// A peer with `st`'s key on a new link: handshake and Hello done (the Hello
+/// claims `claim` as node id if given).
+async fn peer_as(
+    reg: &Registry,
+    sel: &str,
+    st: &NodeState,
+    claim: Option<&str>,
+) -> Result<(Box<dyn FrameTx>, Box<dyn FrameRx>), String> {
+    let link = reg.open(sel).await.map_err(|e| e.to_string())?;
     let secure = gateway_secure::connect(link, &st.key, Duration::from_secs(5))
         .await
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     let (mut tx, mut rx) = Box::new(secure).split();
-    let mut hello = wire::hello(&st, &[]);
+    let mut hello = wire::hello(st, &[]);
     if let Some(c) = claim {
         hello.node_id = c.to_string();
     }
@@ -412,8 +423,8 @@ async fn raw_peer_claiming(
         Duration::from_secs(5),
     )
     .await
-    .unwrap();
-    (tx, rx)
+    .map_err(|e| e.to_string())?;
+    Ok((tx, rx))
 }
 
 /// Expects a Reject as the next frame.
@@ -1181,30 +1192,6 @@ async fn a_tree_sent_again_sends_only_what_changed_and_lands_changed_files_besid
 
 // ---- the receiver's caps (NodeConfig::caps)
 
-/// A peer with `key`'s identity on a new link: handshake and Hello done.
-async fn peer_with_key(
-    reg: &Registry,
-    sel: &str,
-    st: &NodeState,
-) -> Result<(Box<dyn FrameTx>, Box<dyn FrameRx>), String> {
-    let link = reg.open(sel).await.map_err(|e| e.to_string())?;
-    let secure = gateway_secure::connect(link, &st.key, Duration::from_secs(5))
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut tx, mut rx) = Box::new(secure).split();
-    let hello = wire::hello(st, &[]);
-    wire::exchange_hello(
-        &mut *tx,
-        &mut *rx,
-        hello,
-        &Limits::default(),
-        Duration::from_secs(5),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    Ok((tx, rx))
-}
-
 /// The next Refused event's reason, within 5 s.
 async fn next_refusal(server: &mut ServeHandle) -> String {
     let limit = Instant::now() + Duration::from_secs(5);
@@ -1280,7 +1267,7 @@ async fn a_flood_of_silent_connections_is_capped_and_each_is_cut_at_the_handshak
     // ... so a third is closed at once, before any crypto runs.
     let t0 = Instant::now();
     let st = NodeState::open(&pair.send_state).unwrap();
-    let third = peer_with_key(&pair.reg, "mock:loris", &st).await;
+    let third = peer_as(&pair.reg, "mock:loris", &st, None).await;
     assert!(third.is_err(), "a link past the handshake cap was served");
     assert!(
         t0.elapsed() < Duration::from_millis(450),
@@ -1324,9 +1311,9 @@ async fn links_from_one_key_past_the_per_peer_cap_are_refused_busy() {
     let server = pair.serve_with(&["mock:per"], cfg).await;
     let dir = tempfile::tempdir().unwrap();
     let st = NodeState::open(dir.path()).unwrap();
-    let a = peer_with_key(&pair.reg, "mock:per", &st).await.unwrap();
-    let b = peer_with_key(&pair.reg, "mock:per", &st).await.unwrap();
-    let err = peer_with_key(&pair.reg, "mock:per", &st).await;
+    let a = peer_as(&pair.reg, "mock:per", &st, None).await.unwrap();
+    let b = peer_as(&pair.reg, "mock:per", &st, None).await.unwrap();
+    let err = peer_as(&pair.reg, "mock:per", &st, None).await;
     // The third link hears Busy (after its Hello; the key is known by then).
     let (_tx, mut rx) = match err {
         Ok(halves) => halves,
@@ -1338,7 +1325,7 @@ async fn links_from_one_key_past_the_per_peer_cap_are_refused_busy() {
     let other = raw_peer(&pair.reg, "mock:per").await;
     drop(a);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let again = peer_with_key(&pair.reg, "mock:per", &st).await.unwrap();
+    let again = peer_as(&pair.reg, "mock:per", &st, None).await.unwrap();
     drop((b, other, again));
     server.shutdown().await.unwrap();
 }

@@ -85,12 +85,14 @@ async fn l2cap_le_credit_based_passes_the_link_conformance_suite() {
 }
 
 /// The peer starts listening 3 s after `open` began: the first connects are
-/// refused, the retry with back-off gets through once it listens.
+/// refused, the retry with back-off gets through once it listens. Channel 27
+/// and PSM 0x1053: nothing of BlueZ's own sits there (13, used before, is
+/// BlueZ's default HFP AG channel, which answered before our listener was up).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_retries_until_the_peer_listens() {
     let Some(a) = adapter("retry") else { return };
     let reg = Arc::new(registry());
-    for sel in [format!("rfcomm:{a}/13?sdp=0"), format!("l2cap:{a}/0x1053")] {
+    for sel in [format!("rfcomm:{a}/27?sdp=0"), format!("l2cap:{a}/0x1053")] {
         let started = Instant::now();
         let (r2, s2) = (reg.clone(), sel.clone());
         let listener = tokio::spawn(async move {
