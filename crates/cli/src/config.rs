@@ -188,13 +188,6 @@ fn keys() -> Vec<Key> {
         key!("node.rediscover_interval_ms", "while a named receiver's link is down, look for it again this often", ms node.rediscover_interval),
         key!("node.grow_interval_ms", "with every link to a named receiver up, still look for new paths to it this often (0: never)", ms node.grow_interval),
         key!("node.max_paused_frames_per_transfer", "ERROR/USER_STOP frames a sender keeps in its DB per transfer (the newest)", usize node.max_paused_frames_per_transfer),
-        key!("serve.max_links", "links one serve takes at once (more are closed at once)", usize node.caps.max_links),
-        key!("serve.max_handshaking_links", "links still in their handshake or before Hello at once (bounds a flood of silent connections)", usize node.caps.max_handshaking_links),
-        key!("serve.max_links_per_peer", "links from one peer key at once", usize node.caps.max_links_per_peer),
-        key!("serve.max_open_transfers", "transfers being fed at once (more senders are told Busy and wait)", usize node.caps.max_open_transfers),
-        key!("serve.max_open_transfers_per_peer", "transfers being fed at once per peer key", usize node.caps.max_open_transfers_per_peer),
-        key!("serve.link_idle_timeout_ms", "a link that delivers no whole frame, or takes no reply, this long is dropped", ms node.caps.link_idle_timeout),
-        key!("limits.max_frame_bytes", "largest frame accepted from a peer", usize node.limits.max_frame_bytes),
         Key {
             name: "node.trust",
             help: "who may exchange files: paired, tofu or any",
@@ -261,6 +254,13 @@ fn keys() -> Vec<Key> {
                 Ok(())
             },
         },
+        key!("serve.max_links", "links one serve takes at once (more are closed at once)", usize node.caps.max_links),
+        key!("serve.max_handshaking_links", "links still in their handshake or before Hello at once (bounds a flood of silent connections)", usize node.caps.max_handshaking_links),
+        key!("serve.max_links_per_peer", "links from one peer key at once", usize node.caps.max_links_per_peer),
+        key!("serve.max_open_transfers", "transfers being fed at once (more senders are told Busy and wait)", usize node.caps.max_open_transfers),
+        key!("serve.max_open_transfers_per_peer", "transfers being fed at once per peer key", usize node.caps.max_open_transfers_per_peer),
+        key!("serve.link_idle_timeout_ms", "a link that delivers no whole frame, or takes no reply, this long is dropped", ms node.caps.link_idle_timeout),
+        key!("limits.max_frame_bytes", "largest frame accepted from a peer", usize node.limits.max_frame_bytes),
     ]
 }
 
