@@ -8,8 +8,11 @@
 #   N=20 SIZE=64M bench/load.sh
 #
 # env: N (senders, default 100), SIZE (per sender, default 8M), INTERVAL
-#      (RSS sampling, s; 0.2), SKIP_BUILD=1, KEEP=1, BENCH_TMP,
+#      (RSS sampling, s; 0.2), MAX_OPEN (serve.max_open_transfers for this
+#      serve; default the config's, 64), SKIP_BUILD=1, KEEP=1, BENCH_TMP,
 #      OUT (JSON; default bench/out/load.json).
+# Senders past the cap are told Busy and wait their turn; the count of those
+# answers (from serve's log) is printed as "busy".
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 . "$(cd "$(dirname "$0")" && pwd)/lib.sh"
@@ -31,7 +34,9 @@ RID=$("$GW" -q --state "$WORK/state-recv" id)
 PORT=$(free_port)
 # --trust any: the receiver takes files from any key (a lab setting; each
 # sender still runs the Noise handshake and pins the receiver's key).
-bg_start "$GW" -q --state "$WORK/state-recv" --trust any serve --dir "$WORK/recv" \
+# Not -q: its warnings ("refused: the receiver is busy") are counted below.
+GATEWAY_SERVE_MAX_OPEN_TRANSFERS=${MAX_OPEN:-${GATEWAY_SERVE_MAX_OPEN_TRANSFERS:-64}} \
+  bg_start "$GW" --state "$WORK/state-recv" --trust any serve --dir "$WORK/recv" \
   --listen "tcp:127.0.0.1:$PORT" --no-mdns > "$WORK/serve.log" 2>&1
 SERVE=$BG_LAST
 wait_listen "$PORT" || die "serve did not listen (see $WORK/serve.log)"
@@ -85,19 +90,20 @@ for i in $(seq 1 "$N"); do
 done
 parts=$(find "$WORK/recv" -name '*.gateway-part' | wc -l)
 left=$("$GW" -q --state "$WORK/state-recv" transfers --json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+busy=$(grep -c 'the receiver is busy' "$WORK/serve.log" || true)
 times=$(cat "$WORK"/time* | awk '{print $3}')
 MED=$(echo "$times" | median)
 MAX=$(echo "$times" | sort -g | tail -n 1)
 mkdir -p "$(dirname "$OUT")"
 cat > "$OUT" << EOF
-{"senders":$N,"size_bytes":$BYTES,"wrong_or_failed":$bad,"part_files_left":$parts,"records_left":$left,
+{"senders":$N,"size_bytes":$BYTES,"max_open_transfers":${MAX_OPEN:-${GATEWAY_SERVE_MAX_OPEN_TRANSFERS:-64}},"busy_answers":$busy,"wrong_or_failed":$bad,"part_files_left":$parts,"records_left":$left,
  "wall_s":$WALL,"median_s":$MED,"slowest_s":$MAX,
  "slowest_over_median":$(awk -v a="$MAX" -v b="$MED" 'BEGIN{printf "%.2f", a/b}'),
  "serve_rss_idle_kib":$IDLE_KIB,"serve_rss_peak_sampled_kib":$peak,"serve_vmhwm_kib":$HWM,
  "rev":"$(git_rev)","dirty":$(git_dirty)}
 EOF
 cat "$OUT"
-printf '%s senders x %s: %s wrong/failed, %s part files, %s records left; wall %s s, median %s s, slowest %s s; serve RSS idle %s MiB, peak %s MiB (VmHWM %s MiB)\n' \
-  "$N" "$SIZE" "$bad" "$parts" "$left" "$WALL" "$MED" "$MAX" \
+printf '%s senders x %s (cap %s open, %s busy answers): %s wrong/failed, %s part files, %s records left; wall %s s, median %s s, slowest %s s; serve RSS idle %s MiB, peak %s MiB (VmHWM %s MiB)\n' \
+  "$N" "$SIZE" "${MAX_OPEN:-${GATEWAY_SERVE_MAX_OPEN_TRANSFERS:-64}}" "$busy" "$bad" "$parts" "$left" "$WALL" "$MED" "$MAX" \
   "$((IDLE_KIB / 1024))" "$((peak / 1024))" "$((HWM / 1024))"
 [ "$bad" = 0 ] && [ "$parts" = 0 ] && [ "$left" = 0 ]
