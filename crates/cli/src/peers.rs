@@ -51,6 +51,7 @@ pub(crate) async fn list(ctx: &Ctx, json: bool, browse_s: f64) -> Result<ExitCod
                 want: None,
                 settle: Duration::ZERO,
                 mdns: true,
+                scan: true,
             },
         )
         .await?;

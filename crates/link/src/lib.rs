@@ -153,4 +153,15 @@ pub trait LinkDriver: Send + Sync {
     async fn open(&self, sel: &Selector) -> Result<Box<dyn Link>, OpenError>;
     /// Starts listening for incoming links.
     async fn listen(&self, sel: &Selector) -> Result<Box<dyn Listener>, OpenError>;
+    /// Looks for peers that advertise gateway on this transport itself (BLE
+    /// advertising, for nodes with no IP in common) for up to `window`, and
+    /// sends a selector to open for each as it is seen. Transports whose
+    /// peers are found by mDNS or known addresses find nothing here (the
+    /// default). Nothing found is trusted: discovery verifies each one.
+    async fn scan(&self, window: std::time::Duration, found: &ScanSink) {
+        let _ = (window, found);
+    }
 }
+
+/// Where [`LinkDriver::scan`] puts the selectors it finds.
+pub type ScanSink = tokio::sync::mpsc::UnboundedSender<String>;

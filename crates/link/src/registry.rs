@@ -114,6 +114,16 @@ impl Registry {
         .await
     }
 
+    /// Runs every driver's [`LinkDriver::scan`] at once for up to `window`;
+    /// selectors arrive on `found` as they are seen.
+    pub async fn scan(&self, window: std::time::Duration, found: crate::ScanSink) {
+        let scans = self.drivers.values().map(|d| {
+            let found = found.clone();
+            async move { tokio::time::timeout(window, d.scan(window, &found)).await }
+        });
+        futures::future::join_all(scans).await;
+    }
+
     /// Probes every driver's adapters, in scheme order.
     pub async fn probe_all(&self) -> Vec<Adapter> {
         let mut all = Vec::new();

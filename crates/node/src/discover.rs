@@ -29,6 +29,8 @@ pub enum Source {
     Known,
     /// A link the peer announced in this Hello.
     Announced,
+    /// A transport's own advertising (BLE): peers with no IP in common.
+    Scan,
 }
 
 /// What to look for.
@@ -42,6 +44,9 @@ pub struct DiscoverOptions {
     pub settle: Duration,
     /// Browse mDNS (off: static and known addresses only).
     pub mdns: bool,
+    /// Scan the transports that advertise by themselves (BLE), for peers
+    /// with no IP path in common; independent of `mdns`.
+    pub scan: bool,
 }
 
 /// A candidate that answered with a verified Hello.
@@ -98,6 +103,11 @@ struct Attempt {
 /// Most identity exchanges in flight at once.
 const MAX_IN_FLIGHT: usize = 8;
 
+/// How long an identity exchange with a candidate a transport scan found
+/// may take: a BLE connect, GATT service resolution and the Noise handshake
+/// at BLE speed take seconds, not the 3 s an IP path gets.
+const SCAN_EXCHANGE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Runs one discovery. Returns when the window is over, or `settle` after
 /// the wanted peer was verified.
 pub async fn discover(
@@ -126,9 +136,16 @@ pub async fn discover(
     let mut tried: HashSet<String> = HashSet::new();
     let mut tasks: JoinSet<Attempt> = JoinSet::new();
     let mut sightings: HashMap<String, (Sighting, Duration)> = HashMap::new();
-    let deadline = tokio::time::Instant::now() + opts.window;
+    let mut deadline = tokio::time::Instant::now() + opts.window;
     let mut settle_at: Option<tokio::time::Instant> = None;
     let exchange_timeout = cfg.handshake_timeout.min(Duration::from_secs(3));
+    // Transports that advertise by themselves (BLE) are scanned beside mDNS.
+    let (scan_tx, mut scan_rx) = tokio::sync::mpsc::unbounded_channel();
+    let scan = opts.scan.then(|| {
+        let (reg, window) = (reg.clone(), opts.window);
+        tokio::spawn(async move { reg.scan(window, scan_tx).await })
+    });
+    let mut scanning = scan.is_some();
     loop {
         for c in queue.drain(..) {
             if !tried.insert(c.selector.clone()) {
@@ -141,17 +158,23 @@ pub async fn discover(
                 cfg.clone(),
                 sem.clone(),
             );
+            let within = if c.source == Source::Scan {
+                SCAN_EXCHANGE_TIMEOUT
+            } else {
+                exchange_timeout
+            };
             tasks.spawn(async move {
                 let _permit = sem.acquire_owned().await;
-                let result = identify(&reg, &key, &c.selector, ours, &cfg, exchange_timeout).await;
+                let result = identify(&reg, &key, &c.selector, ours, &cfg, within).await;
                 Attempt {
                     candidate: c,
                     result,
                 }
             });
         }
-        // Without mDNS, nothing new can turn up once every candidate answered.
-        if browser.is_none() && tasks.is_empty() {
+        // Without mDNS or a scan, nothing new can turn up once every
+        // candidate answered.
+        if browser.is_none() && !scanning && tasks.is_empty() {
             break;
         }
         let end = match settle_at {
@@ -159,7 +182,32 @@ pub async fn discover(
             None => deadline,
         };
         tokio::select! {
-            _ = tokio::time::sleep_until(end) => break,
+            _ = tokio::time::sleep_until(end) => {
+                // The window is over, but the wanted peer is not verified
+                // yet: the exchanges under way (a slow BLE connect) may
+                // still be it. Wait for them, not for new candidates.
+                let found = opts.want.as_deref().is_some_and(|w| {
+                    out.verified.iter().any(|v| matches(w, &v.hello.name, v.id.as_str()))
+                });
+                if found || opts.want.is_none() || tasks.is_empty() {
+                    break;
+                }
+                browser = None;
+                scanning = false;
+                settle_at = None;
+                deadline = tokio::time::Instant::now() + SCAN_EXCHANGE_TIMEOUT;
+            }
+            sel = scan_rx.recv(), if scanning => match sel {
+                Some(selector) => {
+                    tracing::debug!(%selector, "a transport scan found a gateway peer");
+                    queue.push(Candidate {
+                        selector,
+                        source: Source::Scan,
+                        claimed: None,
+                    });
+                }
+                None => scanning = false,
+            },
             ev = async { browser.as_mut()?.next().await }, if browser.is_some() => match ev {
                 Some(BrowseEvent::Found(s)) if trust::same_id(&s.advert.node_id, &state.node_id) => {
                     // This node's own record (it serves too).
@@ -223,6 +271,9 @@ pub async fn discover(
         }
     }
     tasks.abort_all();
+    if let Some(s) = scan {
+        s.abort();
+    }
     let mut seen: Vec<(Sighting, Duration)> = sightings.into_values().collect();
     seen.sort_by_key(|(_, t)| *t);
     out.sightings = seen;
@@ -368,6 +419,7 @@ pub async fn resolve(
             want: Some(want.to_string()),
             settle: cfg.discovery_settle,
             mdns,
+            scan: true,
         },
     )
     .await?;

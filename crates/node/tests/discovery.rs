@@ -63,6 +63,7 @@ async fn browse_all(st: &NodeState) -> discover::Discovery {
         want: None,
         settle: Duration::ZERO,
         mdns: true,
+        scan: true,
     };
     discover::discover(st, &NodeConfig::default(), reg(), &opts)
         .await
@@ -280,4 +281,104 @@ async fn a_node_that_serves_and_browses_does_not_list_itself() {
     );
     assert!(me.store().peer(&w.server_id).unwrap().is_none());
     w.server.shutdown().await.unwrap();
+}
+
+/// `adv:NAME`: a mock link whose listeners "advertise" on the transport
+/// itself, as a BLE peripheral does: `scan` reports every `adv:` listener.
+struct AdvertisingDriver {
+    listening: std::sync::Mutex<Vec<String>>,
+}
+
+#[async_trait::async_trait]
+impl gateway_link::LinkDriver for AdvertisingDriver {
+    fn scheme(&self) -> &'static str {
+        "adv"
+    }
+    fn describe(&self) -> &'static str {
+        "mock links that advertise themselves (discovery test)"
+    }
+    async fn probe(&self) -> Vec<gateway_link::Adapter> {
+        Vec::new()
+    }
+    async fn open(
+        &self,
+        sel: &gateway_link::Selector,
+    ) -> Result<Box<dyn gateway_link::Link>, gateway_link::OpenError> {
+        let inner = gateway_link::Selector::parse(&format!("mock:{}", sel.address))?;
+        gateway_link::mock::MockDriver.open(&inner).await
+    }
+    async fn listen(
+        &self,
+        sel: &gateway_link::Selector,
+    ) -> Result<Box<dyn gateway_link::Listener>, gateway_link::OpenError> {
+        self.listening
+            .lock()
+            .unwrap()
+            .push(format!("adv:{}", sel.address));
+        let inner = gateway_link::Selector::parse(&format!("mock:{}", sel.address))?;
+        gateway_link::mock::MockDriver.listen(&inner).await
+    }
+    async fn scan(&self, _window: Duration, found: &gateway_link::ScanSink) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for s in self.listening.lock().unwrap().iter() {
+            let _ = found.send(s.clone());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_no_address_known_and_no_mdns_record_is_found_by_a_transport_scan() {
+    // No IP path in common: the receiver serves only on a transport that
+    // advertises itself (BLE in real life) and is not on mDNS.
+    let root = tempfile::tempdir().unwrap();
+    let name = unique("scan");
+    let st = node(&root.path().join("a"), &name);
+    let server_id = st.node_id.clone();
+    let mut r = gateway_node::registry::default_registry();
+    r.register(Arc::new(AdvertisingDriver {
+        listening: std::sync::Mutex::new(Vec::new()),
+    }));
+    let reg = Arc::new(r);
+    let addr = unique("adv");
+    let server = gateway_node::serve::start(
+        st,
+        NodeConfig::default(),
+        reg.clone(),
+        ServeOptions {
+            dir: root.path().join("in"),
+            listen: vec![format!("adv:{addr}")],
+            advertise: false,
+        },
+    )
+    .await
+    .unwrap();
+    let client = node(&root.path().join("b"), "client");
+    let opts = DiscoverOptions {
+        window: Duration::from_secs(2),
+        want: Some(name.clone()),
+        settle: Duration::from_millis(200),
+        mdns: false,
+        scan: true,
+    };
+    let d = discover::discover(&client, &NodeConfig::default(), reg, &opts)
+        .await
+        .unwrap();
+    let v = d
+        .verified
+        .iter()
+        .find(|v| v.id.as_str() == server_id)
+        .unwrap_or_else(|| panic!("not found by the scan: {d:?}"));
+    assert_eq!(v.selector, format!("adv:{addr}"));
+    assert_eq!(v.source, discover::Source::Scan);
+    assert_eq!(v.hello.name, name);
+    // Recorded in the peerstore like any verified Hello.
+    assert!(
+        client
+            .store()
+            .peers()
+            .unwrap()
+            .iter()
+            .any(|p| p.node_id == server_id)
+    );
+    server.shutdown().await.unwrap();
 }

@@ -233,15 +233,77 @@ async fn pick_adapter(session: &Session, p: &OpenParams) -> Result<Adapter, Open
     )))
 }
 
-/// Scans (LE only, for the gateway service) until `addr` advertises.
-async fn find(adapter: &Adapter, p: &OpenParams, deadline: Instant) -> Result<Device, OpenError> {
-    let filter = DiscoveryFilter {
+/// The LE scan filter for the gateway service.
+fn gateway_filter() -> DiscoveryFilter {
+    DiscoveryFilter {
         uuids: [Uuid::from_u128(SERVICE_UUID)].into_iter().collect(),
         transport: DiscoveryTransport::Le,
         ..Default::default()
+    }
+}
+
+/// Scans every powered adapter (LE only, for the gateway service) for
+/// `window` and sends `ble:ADDR` once for each peripheral seen advertising
+/// it now (BlueZ also lists devices it saw before; only those with an RSSI
+/// in this scan count). Its own adverts a controller never receives; a
+/// second adapter of this machine that serves is found, and discovery drops
+/// it when its Hello carries this node's own id.
+pub(crate) async fn scan(session: &Session, window: Duration, found: &gateway_link::ScanSink) {
+    let deadline = Instant::now() + window;
+    let Ok(names) = gateway_bluez::gatt::adapter_names(session).await else {
+        return;
     };
+    // The scans run while their handles live (dropped at the end).
+    let (mut adapters, mut scans) = (Vec::new(), Vec::new());
+    for n in &names {
+        let Ok(a) = session.adapter(n) else { continue };
+        if !a.is_powered().await.unwrap_or(false) {
+            continue;
+        }
+        // Fails while an open of this process scans: that scan serves.
+        let _ = a.set_discovery_filter(gateway_filter()).await;
+        match a.discover_devices().await {
+            Ok(s) => {
+                scans.push(s);
+                adapters.push(a);
+            }
+            Err(e) => tracing::debug!(adapter = %n, error = %e, "LE scan did not start"),
+        }
+    }
+    let uuid = Uuid::from_u128(SERVICE_UUID);
+    let mut sent = std::collections::HashSet::new();
+    while Instant::now() < deadline {
+        for a in &adapters {
+            for addr in a.device_addresses().await.unwrap_or_default() {
+                if sent.contains(&addr) {
+                    continue;
+                }
+                let Ok(d) = a.device(addr) else { continue };
+                let advertises = d
+                    .uuids()
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|u| u.contains(&uuid));
+                let now_in_range = d.rssi().await.ok().flatten().is_some();
+                if advertises && now_in_range {
+                    sent.insert(addr);
+                    tracing::debug!(peer = %addr, "a BLE peripheral advertises the gateway service");
+                    if found.send(format!("ble:{addr}")).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        sleep(Duration::from_millis(300)).await;
+    }
+    drop(scans);
+}
+
+/// Scans (LE only, for the gateway service) until `addr` advertises.
+async fn find(adapter: &Adapter, p: &OpenParams, deadline: Instant) -> Result<Device, OpenError> {
     // Fails while another open of this process scans: that scan serves.
-    if let Err(e) = adapter.set_discovery_filter(filter).await {
+    if let Err(e) = adapter.set_discovery_filter(gateway_filter()).await {
         tracing::debug!(error = %e, "setting the LE discovery filter failed");
     }
     let scan = match adapter.discover_devices().await {

@@ -141,6 +141,17 @@ impl LinkDriver for BleDriver {
         }
         gateway_bluez::gatt::listen(Some(a).filter(|a| !a.is_empty()), &self.cfg).await
     }
+
+    /// Peers advertising the gateway service over BLE (no IP needed): a
+    /// node serving `ble:` is found by `send --to NAME` and `peers`.
+    async fn scan(&self, window: Duration, found: &gateway_link::ScanSink) {
+        let Ok(session) = self.session().await else {
+            return;
+        };
+        central::scan(session, window, found)
+            .instrument(tracing::debug_span!("ble_scan"))
+            .await;
+    }
 }
 
 #[cfg(test)]
