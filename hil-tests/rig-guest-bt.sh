@@ -35,7 +35,7 @@ stop() {
   for _ in $(seq 50); do kill -0 "$p" 2> /dev/null || { wait "$p" 2> /dev/null; return 0; }; sleep 0.1; done
   say "process $p did not die (stuck in the kernel?): $(cat /proc/"$p"/wchan 2> /dev/null)"
 }
-STEPS=12
+STEPS=13
 STEP=0
 step() { STEP=$((STEP + 1)); say "step $STEP/$STEPS: $*"; }
 T_START=$(now)
@@ -127,7 +127,7 @@ gw() {
   shift
   for s in "$@"; do to+=(--to "$s"); done
   rm -rf "$d"; mkdir -p "$d/recv"
-  "$GW" --trust any --state "$d/st-recv" serve --dir "$d/recv" "${listen[@]}" --no-mdns > "$d/serve.log" 2>&1 &
+  "$GW" --trust any ${SERVE_NAME:+--name "$SERVE_NAME"} --state "$d/st-recv" serve --dir "$d/recv" "${listen[@]}" --no-mdns > "$d/serve.log" 2>&1 &
   spid=$!
   sleep 2
   kill -0 "$spid" 2> /dev/null || { fail_step "gateway $tag: serve exited at once: $(tail -n 5 "$d/serve.log" | tr '\n' ' ')"; GW_OK=FAIL GW_MBS=0 GW_JSON='{}'; return; }
@@ -182,7 +182,7 @@ sys.exit(0 if ok else 1)' "$@" 2>&1
 }
 
 RAW_RF=0 RAW_L2=0 RAW_LE=0 GW_RF=0 GW_L2=0 GW_LE=0 GW_TCP=0
-OK_RF=skipped OK_L2=skipped OK_LE=skipped OK_TCP=skipped OK_BOTH=skipped OK_CUTBT=skipped OK_CUTTCP=skipped OK_BLE=skipped
+OK_RF=skipped OK_L2=skipped OK_LE=skipped OK_TCP=skipped OK_BOTH=skipped OK_CUTBT=skipped OK_CUTTCP=skipped OK_BLE=skipped OK_BLENAME=skipped
 BOTH='' CUTBT='' CUTTCP='' BOTH_JSON='{}' CUTBT_JSON='{}' CUTTCP_JSON='{}'
 
 step "raw RFCOMM hci0 -> hci1 (bt_raw, $BYTES bytes, channel 24)"
@@ -233,8 +233,17 @@ if [ "$BLE" = 1 ]; then
   step "gateway BLE hci0 -> hci1: serve --listen ble:$BT_ADDR1, send --to ble:$BT_ADDR1 ($BYTES_BLE bytes)"
   head -c "$BYTES_BLE" /dev/urandom > "$W/ble.bin"
   GW_FILE=$W/ble.bin gw ble "ble:$BT_ADDR1" -- "ble:$BT_ADDR1"; OK_BLE="$GW_OK ($GW_MBS MB/s)"
+  # No IP path and no mDNS record: the sender knows only the name; its
+  # discovery's BLE scan finds the peripheral advertising the gateway
+  # service, verifies its Hello, and sends over ble:.
+  step "gateway BLE by name only: serve --name blepeer --listen ble:$BT_ADDR1 --no-mdns, send --to blepeer (found by the BLE scan)"
+  SERVE_NAME=blepeer GW_FILE=$W/ble.bin gw ble-name "ble:$BT_ADDR1" -- blepeer; OK_BLENAME="$GW_OK ($GW_MBS MB/s)"
+  if [ "$GW_OK" = ok ]; then
+    links_bytes "$GW_JSON" ble: > /dev/null || fail_step "BLE by name: no ble: link carried the file ($(links_bytes "$GW_JSON"))"
+  fi
 else
   step "gateway BLE: skipped (BLE=1 runs it)"
+  step "gateway BLE by name: skipped (BLE=1 runs it)"
 fi
 
 # LE last: an LE link makes bluetoothd connect GATT/EATT between the two
@@ -280,6 +289,7 @@ T_BT=$(secs "$T_START" "$(now)")
   echo "BT + TCP at once ($BT_SEL): $OK_BOTH ($BOTH)"
   echo "BT cut mid-transfer (hci1 off): $OK_CUTBT ($CUTBT); TCP cut mid-transfer: $OK_CUTTCP ($CUTTCP)"
   echo "BLE ($SIZE_BLE): $OK_BLE"
+  echo "BLE found by name alone (BLE scan, no IP, no mDNS): $OK_BLENAME"
   echo "link conformance (RFCOMM, L2CAP, LE CoC, BLE): $CONF_BT"
   echo "Bluetooth part took ${T_BT}s (guest wall; Bluetooth ready at ${t_bt}s after boot)"
 } > /out/result.txt

@@ -266,7 +266,91 @@ fn rfcomm_link(s: rfcomm::Stream, selector: String) -> Box<dyn Link> {
         .unwrap_or_default();
     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let (r, w) = s.into_split();
-    Box::new(StreamLink::new(r, w, info(selector, local, peer), caps()))
+    Box::new(StreamLink::new(
+        KeepOpen(Some(r)),
+        KeepOpen(Some(w)),
+        info(selector, local, peer),
+        caps(),
+    ))
+}
+
+/// One half of an RFCOMM stream that does not shut the socket down when it
+/// is dropped. bluer's owned halves call `shutdown(SHUT_RD / SHUT_WR)` on
+/// drop, and RFCOMM has no half-close: either one disconnects the DLC both
+/// ways, so a link whose sending half finished first lost what was still
+/// coming the other way (the conformance suite's two-way `ordering`, on the
+/// rig). Dropped this way, the socket closes when both halves are gone, and
+/// the kernel sends the data it holds before its DISC.
+struct KeepOpen<H: Forget>(Option<H>);
+
+trait Forget {
+    fn forget(self);
+}
+
+impl Forget for rfcomm::stream::OwnedReadHalf {
+    fn forget(self) {
+        rfcomm::stream::OwnedReadHalf::forget(self);
+    }
+}
+
+impl Forget for rfcomm::stream::OwnedWriteHalf {
+    fn forget(self) {
+        rfcomm::stream::OwnedWriteHalf::forget(self);
+    }
+}
+
+impl<H: Forget> Drop for KeepOpen<H> {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            h.forget();
+        }
+    }
+}
+
+impl<H: Forget> KeepOpen<H> {
+    fn half(self: std::pin::Pin<&mut Self>) -> std::pin::Pin<&mut H>
+    where
+        H: Unpin,
+    {
+        std::pin::Pin::new(
+            self.get_mut()
+                .0
+                .as_mut()
+                .expect("a half is taken only when it is dropped"),
+        )
+    }
+}
+
+impl tokio::io::AsyncRead for KeepOpen<rfcomm::stream::OwnedReadHalf> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.half().poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for KeepOpen<rfcomm::stream::OwnedWriteHalf> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        self.half().poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.half().poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        self.half().poll_shutdown(cx)
+    }
 }
 
 /// An L2CAP SeqPacket socket as a [`PacketSocket`].
