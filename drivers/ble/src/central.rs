@@ -533,13 +533,6 @@ async fn connect(
             Err(_) => "connect attempt timed out".to_string(),
         };
         tracing::debug!(attempt, error = %e, "ble connect failed");
-        if e.contains("gateway GATT service") {
-            // Connected, but BlueZ's copy of its services (resolved once per
-            // connection, and kept) lacks ours: a peripheral that registered
-            // its service after we connected, e.g. a listener restarted.
-            // Reconnect so the next attempt resolves them afresh.
-            let _ = device.disconnect().await;
-        }
         if Instant::now() + backoff >= deadline {
             let _ = device.disconnect().await;
             return Err(if e.contains("gateway GATT service") {
