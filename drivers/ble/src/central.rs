@@ -233,6 +233,10 @@ async fn pick_adapter(session: &Session, p: &OpenParams) -> Result<Adapter, Open
     )))
 }
 
+/// A scan also offers devices BlueZ knows with the gateway service but no
+/// RSSI after this long.
+const CACHED_AFTER: Duration = Duration::from_millis(1500);
+
 /// The LE scan filter for the gateway service.
 fn gateway_filter() -> DiscoveryFilter {
     DiscoveryFilter {
@@ -272,7 +276,13 @@ pub(crate) async fn scan(session: &Session, window: Duration, found: &gateway_li
     }
     let uuid = Uuid::from_u128(SERVICE_UUID);
     let mut sent = std::collections::HashSet::new();
+    let started = Instant::now();
     while Instant::now() < deadline {
+        // Seen advertising in this scan (an RSSI) at once; after a moment,
+        // also a device BlueZ knows lists the service but has no RSSI for
+        // (virtual and some real controllers report none; `find` has the
+        // same fallback). Discovery verifies every one before using it.
+        let cached_too = started.elapsed() >= CACHED_AFTER;
         for a in &adapters {
             for addr in a.device_addresses().await.unwrap_or_default() {
                 if sent.contains(&addr) {
@@ -286,9 +296,9 @@ pub(crate) async fn scan(session: &Session, window: Duration, found: &gateway_li
                     .flatten()
                     .is_some_and(|u| u.contains(&uuid));
                 let now_in_range = d.rssi().await.ok().flatten().is_some();
-                if advertises && now_in_range {
+                if advertises && (now_in_range || cached_too) {
                     sent.insert(addr);
-                    tracing::debug!(peer = %addr, "a BLE peripheral advertises the gateway service");
+                    tracing::debug!(peer = %addr, now_in_range, "a BLE peripheral lists the gateway service");
                     if found.send(format!("ble:{addr}")).is_err() {
                         return;
                     }
