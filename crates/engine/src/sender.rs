@@ -194,6 +194,12 @@ impl LinkState {
         cfg.chunk_timeout + queued.min(MAX_QUEUE_WAIT)
     }
 
+    /// When a chunk sent on this link at `sent` is stuck: its chunk timeout
+    /// after the later of its send and the link's last ack.
+    fn stuck_at(&self, sent: Instant, cfg: &Config) -> Instant {
+        self.acked_at.map_or(sent, |a| a.max(sent)) + self.chunk_timeout(cfg)
+    }
+
     /// Forgets this link's copy of `idx` (`len` bytes), freeing its window.
     fn release(&mut self, idx: u64, len: u64) {
         if self.inflight.remove(&idx).is_some() {
@@ -587,14 +593,13 @@ impl Sender {
                 }
                 // The copy this link carried: a round trip and a delivery.
                 let ambiguous = st.timed_out.remove(&idx);
-                if let Some(f) = st.inflight.get(&idx).copied() {
+                let carried = st.inflight.get(&idx).copied();
+                if carried.is_some() || ambiguous {
                     st.acked_at = Some(now);
-                    if !ambiguous {
-                        st.est.on_ack(f.at, len, now);
-                        newest_seq = Some(newest_seq.map_or(f.seq, |n| n.max(f.seq)));
-                    }
-                } else if ambiguous {
-                    st.acked_at = Some(now);
+                }
+                if let Some(f) = carried.filter(|_| !ambiguous) {
+                    st.est.on_ack(f.at, len, now);
+                    newest_seq = Some(newest_seq.map_or(f.seq, |n| n.max(f.seq)));
                 }
             }
             if first {
@@ -775,10 +780,8 @@ impl Sender {
         // chunks are not stuck however long they wait their turn.
         let mut expired = Vec::new();
         for (&id, st) in &self.links {
-            let timeout = st.chunk_timeout(&self.cfg);
             for (&idx, f) in &st.inflight {
-                let since = st.acked_at.map_or(f.at, |a| a.max(f.at));
-                if now.saturating_duration_since(since) >= timeout {
+                if now >= st.stuck_at(f.at, &self.cfg) {
                     expired.push((id, idx));
                 }
             }
@@ -808,8 +811,7 @@ impl Sender {
         let mut consider = |t: Instant| next = Some(next.map_or(t, |n| n.min(t)));
         for st in self.links.values() {
             if let Some(oldest) = st.inflight.values().map(|f| f.at).min() {
-                let since = st.acked_at.map_or(oldest, |a| a.max(oldest));
-                consider(since + st.chunk_timeout(&self.cfg));
+                consider(st.stuck_at(oldest, &self.cfg));
                 if st.up {
                     let since = st.heard_at.map_or(oldest, |h| h.max(oldest));
                     consider(since + self.cfg.link_silence_timeout);

@@ -248,8 +248,8 @@ fn gateway_filter() -> DiscoveryFilter {
 
 /// Scans every powered adapter (LE only, for the gateway service) for
 /// `window` and sends `ble:ADDR` once for each peripheral seen advertising
-/// it now (BlueZ also lists devices it saw before; only those with an RSSI
-/// in this scan count). Its own adverts a controller never receives; a
+/// it now (an RSSI in this scan), and after [`CACHED_AFTER`] also for those
+/// BlueZ knows with the service but no RSSI. Its own adverts a controller never receives; a
 /// second adapter of this machine that serves is found, and discovery drops
 /// it when its Hello carries this node's own id.
 pub(crate) async fn scan(session: &Session, window: Duration, found: &gateway_link::ScanSink) {
