@@ -19,6 +19,8 @@
 #![warn(missing_docs)]
 
 use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,12 +32,14 @@ use gateway_link::{
     Selector, SelectorError,
 };
 
+pub mod drain;
 pub mod gatt;
 pub mod packet;
 pub mod probe;
 pub mod retry;
 pub mod stream;
 
+use drain::DrainOnDrop;
 use packet::{PacketLink, PacketSocket};
 use retry::{GaveUp, RetryConfig, connect_with_retry};
 use stream::StreamLink;
@@ -265,10 +269,17 @@ fn rfcomm_link(s: rfcomm::Stream, selector: String) -> Box<dyn Link> {
         .map(|a| a.to_string())
         .unwrap_or_default();
     let peer = s.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let drain = DrainOnDrop::new(s.as_ref().as_raw_fd()).map(Arc::new);
     let (r, w) = s.into_split();
     Box::new(StreamLink::new(
-        KeepOpen(Some(r)),
-        KeepOpen(Some(w)),
+        KeepOpen {
+            half: Some(r),
+            _drain: drain.clone(),
+        },
+        KeepOpen {
+            half: Some(w),
+            _drain: drain,
+        },
         info(selector, local, peer),
         caps(),
     ))
@@ -280,8 +291,12 @@ fn rfcomm_link(s: rfcomm::Stream, selector: String) -> Box<dyn Link> {
 /// ways, so a link whose sending half finished first lost what was still
 /// coming the other way (the conformance suite's two-way `ordering`, on the
 /// rig). Dropped this way, the socket closes when both halves are gone, and
-/// the kernel sends the data it holds before its DISC.
-struct KeepOpen<H: Forget>(Option<H>);
+/// the kernel sends the data it holds before its DISC; the shared
+/// [`DrainOnDrop`] keeps it open until the kernel has sent it.
+struct KeepOpen<H: Forget> {
+    half: Option<H>,
+    _drain: Option<Arc<DrainOnDrop>>,
+}
 
 trait Forget {
     fn forget(self);
@@ -301,7 +316,7 @@ impl Forget for rfcomm::stream::OwnedWriteHalf {
 
 impl<H: Forget> Drop for KeepOpen<H> {
     fn drop(&mut self) {
-        if let Some(h) = self.0.take() {
+        if let Some(h) = self.half.take() {
             h.forget();
         }
     }
@@ -314,7 +329,7 @@ impl<H: Forget> KeepOpen<H> {
     {
         std::pin::Pin::new(
             self.get_mut()
-                .0
+                .half
                 .as_mut()
                 .expect("a half is taken only when it is dropped"),
         )
@@ -353,22 +368,26 @@ impl tokio::io::AsyncWrite for KeepOpen<rfcomm::stream::OwnedWriteHalf> {
     }
 }
 
-/// An L2CAP SeqPacket socket as a [`PacketSocket`].
-struct SeqPacket(l2cap::SeqPacket);
+/// An L2CAP SeqPacket socket as a [`PacketSocket`], open after its link is
+/// dropped until what it queued is sent ([`DrainOnDrop`]).
+struct SeqPacket {
+    sock: l2cap::SeqPacket,
+    _drain: Option<DrainOnDrop>,
+}
 
 #[async_trait]
 impl PacketSocket for SeqPacket {
     async fn send(&self, p: &[u8]) -> io::Result<usize> {
-        self.0.send(p).await
+        self.sock.send(p).await
     }
     async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
-        self.0.recv(buf).await
+        self.sock.recv(buf).await
     }
     fn send_mtu(&self) -> io::Result<usize> {
-        self.0.send_mtu()
+        self.sock.send_mtu()
     }
     fn recv_mtu(&self) -> io::Result<usize> {
-        self.0.recv_mtu()
+        self.sock.recv_mtu()
     }
 }
 
@@ -385,8 +404,12 @@ fn l2cap_link(s: l2cap::SeqPacket, selector: String) -> Box<dyn Link> {
         %peer,
         "L2CAP channel up"
     );
+    let drain = DrainOnDrop::new(s.as_ref().as_raw_fd());
     Box::new(PacketLink::new(
-        SeqPacket(s),
+        SeqPacket {
+            sock: s,
+            _drain: drain,
+        },
         info(selector, local, peer),
         caps(),
     ))
