@@ -18,6 +18,19 @@ pub struct RetryConfig {
     pub first_backoff: Duration,
     /// The longest wait between tries.
     pub max_backoff: Duration,
+    /// The longest one try may take: a try the kernel never answers is
+    /// given up and made again (the budget's third, at least this).
+    pub min_attempt: Duration,
+}
+
+impl RetryConfig {
+    /// How long one try may take: a third of the budget, at least
+    /// `min_attempt`. RFCOMM's own connect timer is 30 s: a DLC whose
+    /// answer was lost (on the rig, a stale DM from the link just closed on
+    /// the same channel took it) would otherwise hold the whole budget.
+    pub fn attempt_limit(&self) -> Duration {
+        (self.budget / 3).max(self.min_attempt)
+    }
 }
 
 impl Default for RetryConfig {
@@ -26,6 +39,7 @@ impl Default for RetryConfig {
             budget: Duration::from_secs(30),
             first_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(4),
+            min_attempt: Duration::from_secs(10),
         }
     }
 }
@@ -74,7 +88,8 @@ where
     let mut tries = 0u32;
     loop {
         tries += 1;
-        let last = match timeout_at(deadline, attempt(tries)).await {
+        let cut_off = (Instant::now() + cfg.attempt_limit()).min(deadline);
+        let last = match timeout_at(cut_off, attempt(tries)).await {
             Ok(Ok(v)) => {
                 if tries > 1 {
                     tracing::info!(tries, "Bluetooth connect worked after retrying");
@@ -83,7 +98,10 @@ where
             }
             Ok(Err(e)) if is_fatal(&e) => return Err(GaveUp::Fatal(e)),
             Ok(Err(e)) => e,
-            Err(_) => return Err(GaveUp::Exhausted { tries, last: None }),
+            Err(_) if Instant::now() >= deadline => {
+                return Err(GaveUp::Exhausted { tries, last: None });
+            }
+            Err(_) => io::Error::from_raw_os_error(libc::ETIMEDOUT),
         };
         let now = Instant::now();
         if now + backoff >= deadline {
@@ -107,6 +125,7 @@ mod tests {
             budget: Duration::from_secs(10),
             first_backoff: Duration::from_millis(1),
             max_backoff: Duration::from_millis(4),
+            min_attempt: Duration::from_secs(10),
         }
     }
 
@@ -141,6 +160,7 @@ mod tests {
             budget: Duration::from_secs(3),
             first_backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(1),
+            min_attempt: Duration::from_secs(10),
         };
         let r: Result<((), u32), _> = connect_with_retry(cfg, |_| async {
             Err(io::Error::from_raw_os_error(libc::ECONNREFUSED))
@@ -174,5 +194,29 @@ mod tests {
                 last: None
             })
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_try_the_kernel_never_answers_is_given_up_and_made_again() {
+        let cfg = RetryConfig {
+            budget: Duration::from_secs(30),
+            ..quick()
+        };
+        let started = Instant::now();
+        let r = connect_with_retry(cfg, |n| async move {
+            if n == 1 {
+                std::future::pending::<io::Result<u32>>().await
+            } else {
+                Ok(n)
+            }
+        })
+        .await;
+        assert!(matches!(r, Ok((2, 2))), "{r:?}");
+        // Cut off at the 10 s floor (a third of 30 s is 10 s too), then the first back-off.
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(10) && took < Duration::from_secs(11),
+            "{took:?}"
+        );
     }
 }
