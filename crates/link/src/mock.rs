@@ -14,6 +14,9 @@
 //!   fail with [`LinkError::Io`].
 //! - `seed=7`: RNG seed for `loss` (default 0).
 //! - `max_frame=N`: the frame limit (default 16 MiB + 64 KiB, like TCP).
+//! - `drop_opens=N` (on the listener): the first N links opened to it are
+//!   dropped by the "transport" at once: both ends' first send fails with
+//!   [`LinkError::Io`], as a radio that drops a fresh link.
 //! - `rate=10MB` is applied by the [`Registry`](crate::Registry), not here.
 //!
 //! At most 4 MiB of frames are in flight per direction; senders wait beyond that.
@@ -48,6 +51,8 @@ struct Entry {
     id: u64,
     conns: mpsc::UnboundedSender<MockLink>,
     defaults: Selector,
+    /// Links opened to this listener so far.
+    opened: Arc<AtomicU64>,
 }
 
 static LISTENERS: LazyLock<Mutex<HashMap<String, Entry>>> = LazyLock::new(Default::default);
@@ -126,18 +131,22 @@ impl LinkDriver for MockDriver {
 
     async fn open(&self, sel: &Selector) -> Result<Box<dyn Link>, OpenError> {
         let name = name_of(sel)?;
-        let (conns, defaults) = {
+        let (conns, defaults, opened) = {
             let map = listeners();
             let e = map.get(name).ok_or_else(|| {
                 OpenError::Refused(format!(
                     "no mock listener named {name}; listen on mock:{name} in this process first"
                 ))
             })?;
-            (e.conns.clone(), e.defaults.clone())
+            (e.conns.clone(), e.defaults.clone(), e.opened.clone())
         };
         let mut merged = defaults.clone();
         merged.params.extend(sel.params.clone());
-        let cfg = Config::from(&merged)?;
+        let mut cfg = Config::from(&merged)?;
+        let nth = opened.fetch_add(1, Ordering::Relaxed);
+        if nth < defaults.param::<u64>("drop_opens")?.unwrap_or(0) {
+            cfg.die_after = Some(0);
+        }
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let client = format!("mock:{name}/client#{id}");
         let (mine, theirs) = pair(
@@ -179,6 +188,7 @@ impl LinkDriver for MockDriver {
                 id,
                 conns: tx,
                 defaults,
+                opened: Arc::default(),
             },
         );
         Ok(Box::new(MockListener {

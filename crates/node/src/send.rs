@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use gateway_engine::ihs::{self, Action, Signal};
 use gateway_engine::{Event, FileMeta, LinkId, Phase, Sender};
-use gateway_link::{FrameRx, FrameTx, Link, Registry};
+use gateway_link::{FrameRx, FrameTx, Link, LinkError, Registry};
 use gateway_proto::{Body, ErrorCode, Frame, Hash, RangeSet, RejectCode, TransferId};
 use gateway_store::{Direction, LinkStat, TransferRecord, TransferState};
 use serde::Serialize;
@@ -995,41 +995,88 @@ fn link_err(sel: &str, e: WireError) -> NodeError {
     NodeError::Peer(format!("{sel}: {e}"))
 }
 
+/// A link that opened and then failed with an I/O error before its Hello
+/// (the transport dropped it at once: BlueZ does that to a fresh RFCOMM or
+/// L2CAP link now and then) is opened again this many times, after
+/// [`FRESH_LINK_PAUSE`] times the try's number. A peer that closes the link
+/// on purpose (caps, refusal) or fails the handshake is not retried.
+const FRESH_LINK_RETRIES: u32 = 2;
+/// The pause before the first reopen of a link that died before its Hello.
+const FRESH_LINK_PAUSE: Duration = Duration::from_millis(500);
+
+/// The halves of a link past Hello, the peer's Hello and its key's id.
+type Greeted = (
+    Box<dyn FrameTx>,
+    Box<dyn FrameRx>,
+    gateway_proto::Hello,
+    NodeId,
+);
+
 /// Opens a link, runs the Noise handshake (as initiator) and exchanges
 /// Hello. Returns the halves, the peer's Hello and its key's id; a Hello
-/// whose id differs from the key is refused.
+/// whose id differs from the key is refused. A link the transport drops
+/// before its Hello is opened again ([`FRESH_LINK_RETRIES`]).
 pub(crate) async fn open_and_hello(
     reg: &Registry,
     key: &gateway_secure::NodeKey,
     sel: &str,
     ours: gateway_proto::Hello,
     cfg: &NodeConfig,
-) -> Result<
-    (
-        Box<dyn FrameTx>,
-        Box<dyn FrameRx>,
-        gateway_proto::Hello,
-        NodeId,
-    ),
-    NodeError,
-> {
-    let link = reg.open(sel).await.map_err(|err| NodeError::Open {
-        selector: sel.to_string(),
-        err,
+) -> Result<Greeted, NodeError> {
+    let mut reopened = 0;
+    loop {
+        match open_and_hello_once(reg, key, sel, ours.clone(), cfg).await {
+            Err((e, true)) if reopened < FRESH_LINK_RETRIES => {
+                reopened += 1;
+                tracing::info!(link = %sel, reopened, "the link failed before its Hello; opening it again: {e}");
+                tokio::time::sleep(FRESH_LINK_PAUSE * reopened).await;
+            }
+            r => return r.map_err(|(e, _)| e),
+        }
+    }
+}
+
+/// One try of [`open_and_hello`]; an error says whether the transport
+/// failed under a link that had opened (worth opening again).
+async fn open_and_hello_once(
+    reg: &Registry,
+    key: &gateway_secure::NodeKey,
+    sel: &str,
+    ours: gateway_proto::Hello,
+    cfg: &NodeConfig,
+) -> Result<Greeted, (NodeError, bool)> {
+    let link = reg.open(sel).await.map_err(|err| {
+        let e = NodeError::Open {
+            selector: sel.to_string(),
+            err,
+        };
+        (e, false)
     })?;
     let secure = gateway_secure::connect(link, key, cfg.handshake_timeout)
         .await
-        .map_err(|e| NodeError::Peer(format!("{sel}: handshake failed: {e}")))?;
+        .map_err(|e| {
+            let fresh = matches!(e, gateway_secure::SecureError::Link(LinkError::Io(_)));
+            (
+                NodeError::Peer(format!("{sel}: handshake failed: {e}")),
+                fresh,
+            )
+        })?;
     let remote = secure.remote_id();
     let (mut tx, mut rx) = Box::new(secure).split();
     let theirs = wire::exchange_hello(&mut *tx, &mut *rx, ours, &cfg.limits, cfg.hello_timeout)
         .await
-        .map_err(|e| link_err(sel, e))?;
+        .map_err(|e| {
+            let fresh = matches!(e, WireError::Link(LinkError::Io(_)));
+            (link_err(sel, e), fresh)
+        })?;
     if !trust::same_id(&theirs.node_id, remote.as_str()) {
-        return Err(NodeError::NotTrusted(format!(
-            "{sel}: the receiver's Hello claims node id {} but its key is {remote}; not sending to a peer that lies about its identity",
-            theirs.node_id
-        )));
+        return Err((
+            NodeError::NotTrusted(format!(
+                "{sel}: the receiver's Hello claims node id {} but its key is {remote}; not sending to a peer that lies about its identity",
+                theirs.node_id
+            )),
+            false,
+        ));
     }
     Ok((tx, rx, theirs, remote))
 }

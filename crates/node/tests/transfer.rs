@@ -1329,3 +1329,41 @@ async fn links_from_one_key_past_the_per_peer_cap_are_refused_busy() {
     drop((b, other, again));
     server.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_the_transport_drops_before_its_hello_is_opened_again() {
+    let pair = Pair::new();
+    // The first link to this listener dies at its first frame, as a fresh
+    // Bluetooth link that BlueZ drops at once.
+    let server = pair.serve(&["mock:fresh?drop_opens=1"]).await;
+    let src = pair.outbox.join("fresh.bin");
+    let data = write_file(&src, 300_000, 9);
+    let report = pair.send(&src, &["mock:fresh".into()]).await.unwrap();
+    assert_eq!(report.verdict, "ok");
+    assert_eq!(std::fs::read(pair.inbox.join("fresh.bin")).unwrap(), data);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_keeps_dying_before_its_hello_fails_the_send_after_three_tries() {
+    let pair = Pair::new();
+    let server = pair.serve(&["mock:dying?drop_opens=100"]).await;
+    let src = pair.outbox.join("never.bin");
+    write_file(&src, 1000, 1);
+    let t0 = Instant::now();
+    let err = pair.send(&src, &["mock:dying".into()]).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("no link to the receiver could be opened"),
+        "{msg}"
+    );
+    assert!(msg.contains("handshake failed"), "{msg}");
+    // Reopened twice, 0.5 s then 1 s later: bounded, not a loop.
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    assert!(!pair.inbox.join("never.bin").exists());
+    server.shutdown().await.unwrap();
+}
