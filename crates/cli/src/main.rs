@@ -414,6 +414,9 @@ fn quiet_broken_pipe() {
     }));
 }
 
+/// How long leftover tasks may run after a command finished.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::from_arg_matches(&cli_command().get_matches()).unwrap_or_else(|e| e.exit());
@@ -430,6 +433,11 @@ fn main() -> ExitCode {
     };
     quiet_broken_pipe();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(run(cli))));
+    // The command has finished and said so. Whatever it left behind (a
+    // blocking task, a socket whose close waits on a peer) gets a moment,
+    // then the process exits: dropping the runtime would wait for it without
+    // bound (the Bluetooth rig saw a sender print its verdict, then hang).
+    rt.shutdown_timeout(SHUTDOWN_WAIT);
     let outcome = match outcome {
         Ok(o) => o,
         // `gateway transfers | head -1`: the reader got what it wanted.
