@@ -51,6 +51,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const CONNECT_ATTEMPT: Duration = Duration::from_secs(10);
 /// HELLO to WELCOME.
 const HANDSHAKE: Duration = Duration::from_secs(10);
+/// The longest wait for an earlier disconnect from the same peer.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(5);
 /// Packets of channels no link here knows yet, kept for a link whose first
 /// packets overtake its WELCOME (Enhanced ATT spreads notifications over
 /// several bearers). Other centrals' channels pass by too: a ring.
@@ -85,9 +87,19 @@ pub(crate) async fn open(
                     .unwrap_or_else(|e| e.into_inner())
                     .remove(&p.addr);
                 if let Some(d) = pending {
-                    let _ = d.await;
+                    // A disconnect bluetoothd never answers must not hold this open.
+                    let _ = timeout_at(deadline.min(Instant::now() + DISCONNECT_WAIT), d).await;
                 }
-                let c = Conn::connect(&adapter, p, deadline).await?;
+                // Every D-Bus call inside (scan, connect, services, acquiring
+                // the sockets) is bounded by the open's budget as a whole.
+                let c = timeout_at(deadline, Conn::connect(&adapter, p, deadline))
+                    .await
+                    .map_err(|_| {
+                        OpenError::Timeout(format!(
+                            "BLE to {}: no usable connection within {:?} (bluetoothd did not finish connecting or resolving its services); check it is in range and advertising, or raise ?timeout=",
+                            p.addr, p.timeout
+                        ))
+                    })??;
                 conns.insert((name.clone(), p.addr), Arc::downgrade(&c));
                 c
             }
@@ -106,16 +118,24 @@ pub(crate) async fn open(
             packet: conn.receive_packet as u16,
         },
     );
-    if let Err(e) = conn.writer.send(&hello).await {
+    let hs_deadline = deadline
+        .min(Instant::now() + HANDSHAKE)
+        .max(Instant::now() + Duration::from_secs(2));
+    let sent = timeout_at(hs_deadline, conn.writer.send(&hello))
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the write did not go out",
+            ))
+        });
+    if let Err(e) = sent {
         conn.state().waiting.remove(&nonce);
         return Err(OpenError::Io(io::Error::new(
             e.kind(),
             format!("saying hello to {}: {e}", p.addr),
         )));
     }
-    let hs_deadline = deadline
-        .min(Instant::now() + HANDSHAKE)
-        .max(Instant::now() + Duration::from_secs(2));
     let answer = timeout_at(hs_deadline, welcome_rx).await;
     conn.state().waiting.remove(&nonce);
     let (channel, packet, peer_window) = match answer {
@@ -544,7 +564,7 @@ async fn connect(
         };
         tracing::debug!(attempt, error = %e, "ble connect failed");
         if Instant::now() + backoff >= deadline {
-            let _ = device.disconnect().await;
+            let _ = tokio::time::timeout(DISCONNECT_WAIT, device.disconnect()).await;
             return Err(if e.contains("gateway GATT service") {
                 OpenError::Refused(format!("{e}; run `gateway serve --listen ble:` there"))
             } else {
