@@ -30,14 +30,21 @@ bt_modules() {
   for m in bluetooth hci_vhci rfcomm af_alg algif_hash algif_skcipher algif_aead ecdh_generic cmac ecb ctr ccm; do
     modprobe "$m" || bt_err "modprobe $m failed" || return 1
   done
-  # RFCOMM over ERTM L2CAP (RFCOMM_ERTM=0 keeps basic mode). btvirt's virtual
-  # controller drops ACL packets when both directions are saturated: an L2CAP
-  # basic-mode channel lost frames in the conformance suite's two-way
-  # 'ordering' check, and RFCOMM, which assumes a lossless ACL below it, was
-  # reset by the kernel there. A real controller's HCI flow control does not
-  # drop; ERTM retransmits what the virtual one does.
-  if [ "${RFCOMM_ERTM:-1}" = 1 ] && [ -w /sys/module/rfcomm/parameters/l2cap_ertm ]; then
+  # RFCOMM_ERTM=1 sets rfcomm's l2cap_ertm, which makes the opening end ask
+  # for ERTM under RFCOMM. Between two Linux hosts (this rig) it changes
+  # nothing: the kernel's RFCOMM listener is a basic-mode L2CAP socket and
+  # refuses ERTM, so the channel stays basic (btmon: "PSM 3 mode Basic").
+  # Off by default; kept for a peer whose acceptor takes ERTM.
+  if [ "${RFCOMM_ERTM:-0}" = 1 ] && [ -w /sys/module/rfcomm/parameters/l2cap_ertm ]; then
     echo Y > /sys/module/rfcomm/parameters/l2cap_ertm
+  fi
+  # BT_DYNDBG: kernel dynamic-debug lines for the Bluetooth stack, ';'-separated
+  # (e.g. "func rfcomm_recv_disc +p; func l2cap_conn_del +p"), into dmesg.
+  if [ -n "${BT_DYNDBG:-}" ]; then
+    mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
+    local q
+    IFS=';' read -ra qs <<< "$BT_DYNDBG"
+    for q in "${qs[@]}"; do echo "$q" > /sys/kernel/debug/dynamic_debug/control || bt_err "dynamic debug '$q' refused"; done
   fi
 }
 

@@ -34,7 +34,14 @@
 #      bt only: GATEWAY_BT=0 (raw loops only), BT_BOTH=0 (no BT + TCP part),
 #      BLE=0 (no BLE step), BT_CONFORMANCE=0 (no link conformance suites
 #      over RFCOMM/L2CAP/BLE: drivers/bluez/tests/hil.rs, drivers/ble/tests/hil.rs), SIZE_BLE (default 256K), SIZE_LE (the LE
-#      credit-based channel's file; default 4M), BT_RUST_LOG.
+#      credit-based channel's file; default 4M), BT_RUST_LOG; BT_CONF_ONLY=1
+#      (the conformance suites alone), BT_CONF_FILTER (names of the BlueZ
+#      suite's tests to run), BT_CONF_REPEAT (runs of that list), BT_CONF_GAP
+#      (s between its tests, default 5), BT_CONF_FRESH=0 (no adapter power
+#      cycle before each test), BLE_CONF=0 (no BLE suite), BT_CONF_LOG (its RUST_LOG),
+#      BT_BTMON=1 (btmon captures the HCI traffic into btmon.snoop),
+#      RFCOMM_ERTM=1 (rfcomm l2cap_ertm: the opener asks for ERTM; a Linux
+#      acceptor refuses it, so on the rig the channel stays basic).
 # First run downloads into $RIG_CACHE: the Debian kernel package that
 # linux-image-amd64 depends on (apt-get download, dpkg -x, depmod -b) and
 # busybox-static; it apt-get installs qemu-system-x86, kmod and cpio if missing
@@ -201,6 +208,16 @@ HIL_BT_TEST=$HIL_BT_TEST
 HIL_BLE_TEST=$HIL_BLE_TEST
 GATEWAY_BT=${GATEWAY_BT:-1}
 BT_CONF_SKIP=${BT_CONF_SKIP-l2cap_le}
+BT_CONF_FILTER=${BT_CONF_FILTER:-}
+BT_CONF_REPEAT=${BT_CONF_REPEAT:-1}
+BT_CONF_GAP=${BT_CONF_GAP:-5}
+BT_CONF_FRESH=${BT_CONF_FRESH:-1}
+BT_CONF_ONLY=${BT_CONF_ONLY:-0}
+BT_CONF_LOG=${BT_CONF_LOG:-}
+BLE_CONF=${BLE_CONF:-1}
+BT_BTMON=${BT_BTMON:-0}
+RFCOMM_ERTM=${RFCOMM_ERTM:-0}
+BT_DYNDBG="${BT_DYNDBG:-}"
 BT_BOTH=${BT_BOTH:-1}
 BLE=${BLE:-1}
 SIZE_BLE=${SIZE_BLE:-256K}
