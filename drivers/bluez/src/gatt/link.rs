@@ -106,6 +106,9 @@ impl Death {
 struct Shared {
     /// Data packets we may still send; closed when the link dies.
     credits: Semaphore,
+    /// The sequence number of the next data or close packet this end sends
+    /// (what a RESET says, so the peer acts on it after what went before).
+    next_seq: std::sync::atomic::AtomicU8,
     death: watch::Sender<Option<Death>>,
 }
 
@@ -139,9 +142,16 @@ struct Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         if self.shared.error().is_none() {
-            let _ = self
-                .outbox
-                .try_send(wire::encode(self.channel, &Packet::Reset));
+            let _ = self.outbox.try_send(wire::encode(
+                self.channel,
+                &Packet::Reset {
+                    seq: Some(
+                        self.shared
+                            .next_seq
+                            .load(std::sync::atomic::Ordering::Relaxed),
+                    ),
+                },
+            ));
         }
         if let Some(t) = self
             .rx_task
@@ -176,6 +186,7 @@ pub fn spawn_link(
     let (death, _) = watch::channel(None);
     let shared = Arc::new(Shared {
         credits: Semaphore::new(wiring.peer_window as usize),
+        next_seq: Default::default(),
         death,
     });
     // Small: packets wait here only while the sink is busy.
@@ -328,11 +339,11 @@ async fn read_loop(
                 match packet {
                     Packet::Credit(n) => shared.credits.add_permits(n as usize),
                     Packet::Keepalive => {}
-                    Packet::Reset => fail(&mut pending, LinkError::Io(io::Error::new(
-                        io::ErrorKind::ConnectionReset,
-                        "the BLE peer dropped the link without closing it",
-                    ))),
-                    p @ (Packet::First { .. } | Packet::More { .. } | Packet::Close { .. }) => {
+                    Packet::Reset { seq: None } => fail(&mut pending, reset()),
+                    p @ (Packet::First { .. }
+                    | Packet::More { .. }
+                    | Packet::Close { .. }
+                    | Packet::Reset { seq: Some(_) }) => {
                         let ready = match reorder.take(p) {
                             Ok(r) => r,
                             Err(e) => {
@@ -341,6 +352,11 @@ async fn read_loop(
                             }
                         };
                         for p in ready {
+                            if let Packet::Reset { .. } = p {
+                                // Every packet sent before it has arrived.
+                                fail(&mut pending, reset());
+                                break;
+                            }
                             if let Packet::Close { seq } = p {
                                 match reasm.close(seq) {
                                     Ok(()) if !peer_closed => {
@@ -394,6 +410,14 @@ async fn read_loop(
     }
 }
 
+/// The error a RESET from the peer ends the link with.
+fn reset() -> LinkError {
+    LinkError::Io(io::Error::new(
+        io::ErrorKind::ConnectionReset,
+        "the BLE peer dropped the link without closing it",
+    ))
+}
+
 /// Puts data packets back in sequence order. ATT is ordered on one bearer,
 /// but with Enhanced ATT (BlueZ 5.6x, `[GATT] Channels`) write commands and
 /// notifications spread over several L2CAP channels and overtake each other.
@@ -410,8 +434,11 @@ struct Reorder {
 impl Reorder {
     fn take(&mut self, p: Packet) -> Result<Vec<Packet>, LinkError> {
         let seq = match &p {
-            Packet::First { seq, .. } | Packet::More { seq, .. } | Packet::Close { seq } => *seq,
-            _ => unreachable!("only data and close packets are sequenced"),
+            Packet::First { seq, .. }
+            | Packet::More { seq, .. }
+            | Packet::Close { seq }
+            | Packet::Reset { seq: Some(seq) } => *seq,
+            _ => unreachable!("only data, close and a numbered reset are sequenced"),
         };
         let ahead = seq.wrapping_sub(self.next);
         if ahead >= 128 || self.held.contains_key(&seq) {
@@ -508,6 +535,9 @@ impl FrameTx for GattTx {
             if self.outbox.send(p).await.is_err() {
                 return Err(self.dead());
             }
+            self.shared
+                .next_seq
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(())
     }
@@ -526,7 +556,11 @@ impl FrameTx for GattTx {
                 &Packet::Close { seq: self.seq },
             ))
             .await
-            .map_err(|_| self.dead())
+            .map_err(|_| self.dead())?;
+        self.shared
+            .next_seq
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 }
 

@@ -345,8 +345,9 @@ impl ServiceTask {
             }
             Some(_) => {}
             // A link that ended here (dropped, timed out): tell its central.
-            None if !matches!(packet, Packet::Reset) => {
-                self.notify(wire::encode(channel, &Packet::Reset)).await;
+            None if !matches!(packet, Packet::Reset { .. }) => {
+                self.notify(wire::encode(channel, &Packet::Reset { seq: None }))
+                    .await;
             }
             None => {}
         }

@@ -279,3 +279,32 @@ async fn a_peer_that_goes_silent_is_declared_dead() {
     );
     drop(a);
 }
+
+#[tokio::test]
+async fn a_reset_that_overtakes_the_last_data_packet_waits_for_it() {
+    let cfg = GattConfig::default();
+    let Ends { a, b, .. } = pair(&cfg, 182);
+    let (mut atx, arx) = a.split();
+    let (_btx, mut brx) = b.split();
+    // Seven one-packet frames: the pipe holds the 7th back until the next
+    // packet, which is the RESET of the dropped link, so the RESET arrives
+    // first (as packets overtake each other on Enhanced ATT).
+    for i in 0..7u8 {
+        atx.send(&[i; 10]).await.unwrap();
+    }
+    drop((atx, arx));
+    for i in 0..7u8 {
+        let f = tokio::time::timeout(Duration::from_secs(5), brx.recv())
+            .await
+            .expect("a frame in time")
+            .unwrap_or_else(|e| panic!("frame {i}: expected it, got {e}"));
+        assert_eq!(f.as_ref(), &[i; 10]);
+    }
+    let end = tokio::time::timeout(Duration::from_secs(5), brx.recv())
+        .await
+        .expect("the end in time");
+    match end {
+        Err(e) => assert!(e.to_string().contains("without closing"), "{e}"),
+        Ok(f) => panic!("a frame of {} bytes after the last", f.len()),
+    }
+}

@@ -15,7 +15,7 @@
 //! CLOSE     chan 0x03 seq                   the sender closed its direction
 //! CREDIT    chan 0x10 n:u16                 the receiver took n more data packets
 //! KEEPALIVE chan 0x11                       still here (each second)
-//! RESET     chan 0x12                       the link was dropped without close
+//! RESET     chan 0x12 [seq]                 the link was dropped without close
 //! HELLO     0 0x20 ver nonce:u64 window:u16 packet:u16        central -> peripheral
 //! WELCOME   0 0x21 ver nonce:u64 chan payload:u16 window:u16  peripheral -> central
 //! REFUSE    0 0x22 ver nonce:u64 reason                       peripheral -> central
@@ -95,8 +95,15 @@ pub enum Packet {
     Credit(u16),
     /// Nothing but proof of life.
     Keepalive,
-    /// The sender dropped the link without closing it.
-    Reset,
+    /// The sender dropped the link without closing it. `seq`, when given,
+    /// is the sequence number its next data packet would have had: the
+    /// receiver acts on the reset once every packet before it arrived
+    /// (packets overtake each other on Enhanced ATT), not before. Without
+    /// it (older senders), at once.
+    Reset {
+        /// The sender's next sequence number.
+        seq: Option<u8>,
+    },
     /// A central asks for a channel.
     Hello {
         /// Format version.
@@ -161,7 +168,12 @@ pub fn encode(channel: u8, p: &Packet) -> Bytes {
             b.put_u16(*n);
         }
         Packet::Keepalive => b.put_u8(KEEPALIVE),
-        Packet::Reset => b.put_u8(RESET),
+        Packet::Reset { seq } => {
+            b.put_u8(RESET);
+            if let Some(seq) = seq {
+                b.put_u8(*seq);
+            }
+        }
         Packet::Hello {
             version,
             nonce,
@@ -225,7 +237,8 @@ pub fn decode(raw: &Bytes) -> Option<(u8, Packet)> {
         CLOSE if body.len() == 1 => Packet::Close { seq: body[0] },
         CREDIT if body.len() == 2 => Packet::Credit(be16(body)),
         KEEPALIVE if body.is_empty() => Packet::Keepalive,
-        RESET if body.is_empty() => Packet::Reset,
+        RESET if body.is_empty() => Packet::Reset { seq: None },
+        RESET if body.len() == 1 => Packet::Reset { seq: Some(body[0]) },
         HELLO if body.len() == 11 || body.len() == 13 => Packet::Hello {
             version: body[0],
             nonce: be64(&body[1..]),
@@ -386,7 +399,8 @@ mod tests {
             Packet::Close { seq: 9 },
             Packet::Credit(513),
             Packet::Keepalive,
-            Packet::Reset,
+            Packet::Reset { seq: None },
+            Packet::Reset { seq: Some(200) },
             Packet::Hello {
                 version: VERSION,
                 nonce: 0x0102_0304_0506_0708,
