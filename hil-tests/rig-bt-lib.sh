@@ -42,7 +42,7 @@ bt_modules() {
   # (e.g. "func rfcomm_recv_disc +p; func l2cap_conn_del +p"), into dmesg.
   if [ -n "${BT_DYNDBG:-}" ]; then
     mountpoint -q /sys/kernel/debug || mount -t debugfs none /sys/kernel/debug
-    local q
+    local q qs
     IFS=';' read -ra qs <<< "$BT_DYNDBG"
     for q in "${qs[@]}"; do echo "$q" > /sys/kernel/debug/dynamic_debug/control || bt_err "dynamic debug '$q' refused"; done
   fi

@@ -14,9 +14,9 @@
 //!   fail with [`LinkError::Io`].
 //! - `seed=7`: RNG seed for `loss` (default 0).
 //! - `max_frame=N`: the frame limit (default 16 MiB + 64 KiB, like TCP).
-//! - `drop_opens=N` (on the listener): the first N links opened to it are
-//!   dropped by the "transport" at once: both ends' first send fails with
-//!   [`LinkError::Io`], as a radio that drops a fresh link.
+//! - `drop_opens=N`: the first N links opened to the listener (counted per
+//!   listener) are dropped by the "transport" at once: both ends' first
+//!   send fails with [`LinkError::Io`], as a radio that drops a fresh link.
 //! - `rate=10MB` is applied by the [`Registry`](crate::Registry), not here.
 //!
 //! At most 4 MiB of frames are in flight per direction; senders wait beyond that.
@@ -69,6 +69,7 @@ struct Config {
     die_after: Option<u64>,
     seed: u64,
     max_frame: usize,
+    drop_opens: u64,
 }
 
 impl Config {
@@ -89,6 +90,7 @@ impl Config {
             max_frame: sel
                 .bytes_param("max_frame")?
                 .map_or(DEFAULT_MAX_FRAME, |n| n as usize),
+            drop_opens: sel.param::<u64>("drop_opens")?.unwrap_or(0),
         })
     }
 }
@@ -143,8 +145,7 @@ impl LinkDriver for MockDriver {
         let mut merged = defaults.clone();
         merged.params.extend(sel.params.clone());
         let mut cfg = Config::from(&merged)?;
-        let nth = opened.fetch_add(1, Ordering::Relaxed);
-        if nth < defaults.param::<u64>("drop_opens")?.unwrap_or(0) {
+        if opened.fetch_add(1, Ordering::Relaxed) < cfg.drop_opens {
             cfg.die_after = Some(0);
         }
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);

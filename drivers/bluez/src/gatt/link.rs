@@ -7,6 +7,7 @@
 
 use std::collections::VecDeque;
 use std::io;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,11 +109,16 @@ struct Shared {
     credits: Semaphore,
     /// The sequence number of the next data or close packet this end sends
     /// (what a RESET says, so the peer acts on it after what went before).
-    next_seq: std::sync::atomic::AtomicU8,
+    next_seq: AtomicU8,
     death: watch::Sender<Option<Death>>,
 }
 
 impl Shared {
+    /// A data or close packet (one sequence number) went out.
+    fn sent_numbered(&self) {
+        self.next_seq.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn kill(&self, d: Death) {
         self.death.send_if_modified(|cur| {
             if cur.is_none() {
@@ -145,11 +151,7 @@ impl Drop for Guard {
             let _ = self.outbox.try_send(wire::encode(
                 self.channel,
                 &Packet::Reset {
-                    seq: Some(
-                        self.shared
-                            .next_seq
-                            .load(std::sync::atomic::Ordering::Relaxed),
-                    ),
+                    seq: Some(self.shared.next_seq.load(Ordering::Relaxed)),
                 },
             ));
         }
@@ -535,9 +537,7 @@ impl FrameTx for GattTx {
             if self.outbox.send(p).await.is_err() {
                 return Err(self.dead());
             }
-            self.shared
-                .next_seq
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.shared.sent_numbered();
         }
         Ok(())
     }
@@ -557,9 +557,7 @@ impl FrameTx for GattTx {
             ))
             .await
             .map_err(|_| self.dead())?;
-        self.shared
-            .next_seq
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.shared.sent_numbered();
         Ok(())
     }
 }
